@@ -1,0 +1,354 @@
+"""The Producer[T] and Consumer[T] base classes: concrete public methods over private hooks.
+
+A transport subclasses both and implements the hooks (`_open`, `_send`, `_close`, ...). The
+base classes own the lifecycle (idempotent `a_init`/`close`, `async with`), encoding with
+send-side validation, decoding into the handler's type, and draining in-flight handlers.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Generic, Self
+
+import msgspec
+
+from streamtools._codec import (
+    JSON,
+    Codec,
+    Metadata,
+    _current,
+    codec_for,
+    default_source,
+    new_metadata,
+)
+from streamtools._contracts import resolve_queue
+from streamtools._types import Handler, Queue, R, T
+from streamtools.errors import (
+    ConfigurationError,
+    DecodeError,
+    HandlerError,
+    StreamtoolsError,
+    UnsupportedError,
+)
+
+logger = logging.getLogger("streamtools")
+logger.addHandler(logging.NullHandler())
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport promises; the conformance suite runs the tests that apply.
+
+    queued: a message sent while no consumer runs waits for one.
+    persistent: accepted messages survive a broker or process restart.
+    redelivery: a handler that raised gets the message again (HTTP: the producer retries).
+    dead_letter: poison and invalid messages end in `<queue>.dlq`.
+    request_reply: `Producer.request` returns the handler's reply.
+    """
+
+    queued: bool
+    persistent: bool
+    redelivery: bool
+    dead_letter: bool
+    request_reply: bool
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with full jitter for retry number `attempt` (1-based)."""
+    ceiling = min(maximum, initial * 2.0 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class _Endpoint(abc.ABC):
+    """Shared lifecycle: `a_init()` opens once, `close()` closes once, both safe to race."""
+
+    def __init__(self) -> None:
+        self._opened = False
+        self._open_lock = asyncio.Lock()
+        self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` has been called."""
+        return self._closing is not None
+
+    async def a_init(self) -> None:
+        """Connect and prepare; idempotent. Called by `send`, `run` and `async with` if needed."""
+        if self._opened:
+            return
+        async with self._open_lock:
+            if self._closing is not None:
+                raise ConfigurationError(f"{self!r} is closed; create a new one")
+            if not self._opened:
+                await self._open()
+                self._opened = True
+
+    async def close(self) -> None:
+        """Close gracefully; idempotent and safe to call concurrently."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+            try:
+                await self._shutdown()
+            except BaseException as exc:
+                self._closing.set_exception(exc)
+                raise
+            else:
+                self._closing.set_result(None)
+        else:
+            await asyncio.shield(self._closing)
+
+    async def _shutdown(self) -> None:
+        if self._opened:
+            await self._close()
+
+    async def __aenter__(self) -> Self:
+        await self.a_init()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Connect the transport."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release the transport's resources."""
+
+
+class Producer(_Endpoint, Generic[T]):
+    """Sends messages of type `T` to one queue.
+
+    `queue` is a `Queue[T]` contract, or a name with `message_type=`, or a bare name (the
+    registered contract of that name if there is one, else raw JSON).
+    """
+
+    transport: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        source: str | None = None,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.queue: Queue[T] = resolve_queue(queue, message_type)
+        self.source = source or default_source()
+        self.validate = validate
+        self._codec: Codec[T] = codec_for(self.queue.message_type)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.queue.name!r})"
+
+    async def send(self, msg: T, **options: object) -> str:
+        """Send `msg`; return its message id once the transport has accepted it.
+
+        `options` are the transport's send options (see its docs); an unknown one is a
+        ConfigurationError. Raises ValidationError if `msg` breaks its schema.
+        """
+        if not self._opened:
+            await self.a_init()
+        codec = self._codec_for_send(options)
+        body = codec.encode(msg, validate=self.validate)
+        meta = new_metadata(codec.type_name, self.source, codec.content_type)
+        await self._send(body, meta, options)
+        return meta.id
+
+    async def request(
+        self, msg: T, *, reply_type: type[R], timeout: float = 30.0, **options: object
+    ) -> R:
+        """Send `msg` and wait for the handler's reply, decoded and validated as `reply_type`."""
+        if not self._opened:
+            await self.a_init()
+        codec = self._codec_for_send(options)
+        body = codec.encode(msg, validate=self.validate)
+        meta = new_metadata(codec.type_name, self.source, codec.content_type)
+        reply, content_type = await self._request(body, meta, timeout, options)
+        try:
+            return codec_for(reply_type, content_type).decode(reply)
+        except ValueError as exc:  # an unknown content type from the peer
+            raise DecodeError(f"reply has unsupported content type {content_type!r}") from exc
+
+    def _codec_for_send(self, options: Mapping[str, object]) -> Codec[T]:
+        # Transports with several wire formats (HTTP's headers_tag) override this.
+        return self._codec
+
+    @abc.abstractmethod
+    async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
+        """Deliver one encoded message; return only once the transport has accepted it."""
+
+    async def _request(
+        self, body: bytes, meta: Metadata, timeout: float, options: Mapping[str, object]
+    ) -> tuple[bytes, str]:
+        """Deliver and return (reply body, reply content type)."""
+        raise UnsupportedError(f"{type(self).__name__} does not support request/reply")
+
+
+@dataclass(frozen=True, slots=True)
+class Route(Generic[T]):
+    """A handler registered on a consumer with its options."""
+
+    handler: Handler[T]
+    options: Mapping[str, object]
+
+
+class Consumer(_Endpoint, Generic[T]):
+    """Handles messages of type `T` arriving on one queue.
+
+    Decorate an async handler with `@consumer(**options)`, then `await consumer.run()`, which
+    serves until `close()`; `close()` stops intake and lets in-flight handlers finish (up to
+    `shutdown_timeout` seconds).
+    """
+
+    transport: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities]
+    route_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self.queue: Queue[T] = resolve_queue(queue, message_type)
+        self.shutdown_timeout = shutdown_timeout
+        self.routes: list[Route[T]] = []
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._started = False
+        self._stopped = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.queue.name!r})"
+
+    def __call__(self, **options: object) -> Callable[[Handler[T]], Handler[T]]:
+        """Register the decorated handler for this queue; returns it unchanged."""
+        unknown = set(options) - self.route_options
+        if unknown:
+            accepted = ", ".join(sorted(self.route_options)) or "none"
+            raise ConfigurationError(
+                f"{type(self).__name__} has no handler option {', '.join(sorted(unknown))}; "
+                f"accepted: {accepted}"
+            )
+
+        def register(handler: Handler[T]) -> Handler[T]:
+            if not asyncio.iscoroutinefunction(handler):
+                raise ConfigurationError(
+                    f"handler {getattr(handler, '__qualname__', handler)!r} must be an async def"
+                )
+            self._add_route(Route(handler, dict(options)))
+            return handler
+
+        return register
+
+    def _add_route(self, route: Route[T]) -> None:
+        # Queued transports take one handler per queue; HTTP overrides to allow one per method.
+        if self.routes:
+            raise ConfigurationError(
+                f"{self!r} already has a handler; a queue is handled by one function"
+            )
+        self.routes.append(route)
+
+    async def run(self) -> None:
+        """Start consuming and serve until `close()` is called (or the task is cancelled)."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        """Start consuming in the background and return; `close()` stops."""
+        if not self.routes:
+            raise ConfigurationError(
+                f"{self!r} has no handler; decorate an async function with @consumer()"
+            )
+        await self.a_init()
+        if not self._started:
+            self._started = True
+            await self._start()
+
+    async def _shutdown(self) -> None:
+        self._stopped.set()
+        if self._started:
+            await self._stop_intake()
+            try:
+                async with asyncio.timeout(self.shutdown_timeout):
+                    await self._idle.wait()
+            except TimeoutError:
+                logger.warning(
+                    "shutdown timeout: handlers still running",
+                    extra={"queue": self.queue.name, "in_flight": self._inflight},
+                )
+                await self._abort_inflight()
+        await super()._shutdown()
+
+    async def _process(self, route: Route[T], body: bytes, meta: Metadata) -> msgspec.Struct | None:
+        """Decode `body` into T and run the handler; the shared path of every transport.
+
+        Raises DecodeError / ValidationError for bad input and HandlerError (with the handler's
+        exception as `__cause__`) when the handler raised.
+        """
+        if meta.content_type == JSON:
+            codec = codec_for(self.queue.message_type)
+        else:
+            try:
+                codec = codec_for(self.queue.message_type, meta.content_type)
+            except ValueError as exc:
+                raise DecodeError(f"unsupported content type {meta.content_type!r}") from exc
+        msg = codec.decode(body)
+        token = _current.set(meta)
+        try:
+            return await route.handler(msg)
+        except StreamtoolsError as exc:
+            raise HandlerError(f"handler failed on message {meta.id}: {exc}") from exc
+        except Exception as exc:
+            raise HandlerError(
+                f"handler failed on message {meta.id}: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            _current.reset(token)
+
+    def _delivery_started(self) -> None:
+        # Transports bracket each delivery (decode, handler, ack) so close() can drain it.
+        self._inflight += 1
+        self._idle.clear()
+
+    def _delivery_done(self) -> None:
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
+
+    @abc.abstractmethod
+    async def _start(self) -> None:
+        """Begin delivering messages to the routes."""
+
+    @abc.abstractmethod
+    async def _stop_intake(self) -> None:
+        """Stop taking new messages; in-flight handlers go on."""
+
+    async def _abort_inflight(self) -> None:
+        """Shutdown timed out: cancel what still runs so its messages are redelivered."""
+
+
+def encode_reply(reply: msgspec.Struct | None, content_type: str) -> bytes:
+    """Encode a handler's returned Struct (or `null`) in the request's content type."""
+    codec: Codec[Any] = codec_for(type(reply) if reply is not None else object, content_type)
+    return codec.encode(reply, validate=False)

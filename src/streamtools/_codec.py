@@ -1,0 +1,170 @@
+"""Encode and decode messages with cached msgspec codecs; CloudEvents metadata.
+
+One encoder per format and one decoder per (type, format) are built once and reused, so the
+hot path is one msgspec pass per message. msgspec errors are mapped to streamtools errors
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+import sys
+import uuid
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Final, Generic
+
+import msgspec
+
+from streamtools._types import T
+from streamtools.errors import DecodeError, EncodeError, ValidationError
+
+JSON: Final = "application/json"
+MSGPACK: Final = "application/msgpack"
+CONTENT_TYPES: Final = (JSON, MSGPACK)
+SPECVERSION: Final = "1.0"
+
+_PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+class Metadata(msgspec.Struct, frozen=True, kw_only=True):
+    """What travels beside every message (CloudEvents attributes, binary content mode).
+
+    `id` is unique per message and kept across retries, so receivers can drop duplicates.
+    `attempt` counts deliveries to this consumer (1 on the first). `headers` carries
+    transport extras, e.g. the error headers of a dead-lettered message.
+    """
+
+    id: str
+    type: str
+    source: str
+    time: str
+    content_type: str = JSON
+    specversion: str = SPECVERSION
+    attempt: int = 1
+    headers: Mapping[str, str] = msgspec.field(default_factory=dict)
+
+
+def new_metadata(type_name: str, source: str, content_type: str = JSON) -> Metadata:
+    """Fresh metadata for a message about to be sent."""
+    return Metadata(
+        id=str(uuid.uuid4()),
+        type=type_name,
+        source=source,
+        time=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        content_type=content_type,
+    )
+
+
+@functools.cache
+def default_source() -> str:
+    """The CloudEvents `source` of this process: `STREAMTOOLS_SOURCE`, else host and program."""
+    configured = os.environ.get("STREAMTOOLS_SOURCE")
+    if configured:
+        return configured
+    program = os.path.basename(sys.argv[0] or "python") or "python"
+    return f"//{socket.gethostname()}/{program}"
+
+
+def type_name(message_type: type[Any]) -> str:
+    """The `ce-type` of a message type: the Struct's name, or `json` for raw messages."""
+    if issubclass(message_type, msgspec.Struct):
+        return message_type.__name__
+    return "json"
+
+
+def error_path(exc: msgspec.ValidationError) -> str:
+    """The `$.field[0].path` msgspec names at the end of a validation message, or ""."""
+    match = _PATH_RE.search(str(exc))
+    return match.group(1) if match else ""
+
+
+class Codec(Generic[T]):
+    """Encoder and validating decoder for one message type and one content type."""
+
+    __slots__ = ("_decoder", "_encode", "_typed", "content_type", "message_type", "type_name")
+
+    def __init__(self, message_type: type[T], content_type: str = JSON) -> None:
+        self.message_type = message_type
+        self.content_type = content_type
+        self.type_name = type_name(message_type)
+        self._typed = self.type_name != "json"
+        self._decoder: msgspec.json.Decoder[T] | msgspec.msgpack.Decoder[T]
+        if content_type == JSON:
+            self._encode = _json_encoder.encode
+            self._decoder = msgspec.json.Decoder(message_type)
+        elif content_type == MSGPACK:
+            self._encode = _msgpack_encoder.encode
+            self._decoder = msgspec.msgpack.Decoder(message_type)
+        else:
+            raise ValueError(
+                f"unsupported content type {content_type!r}; use one of {CONTENT_TYPES}"
+            )
+
+    def encode(self, msg: T, *, validate: bool = True) -> bytes:
+        """Serialise `msg`; with `validate`, check it against its schema first.
+
+        msgspec Struct constructors check neither types nor constraints, so validation decodes
+        the encoded bytes once more: a wrong value is the sender's error, not the receiver's.
+        """
+        try:
+            data = self._encode(msg)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise EncodeError(
+                f"cannot encode {self.type_name} message: {exc}; "
+                "fields must hold JSON-compatible values of their declared types"
+            ) from exc
+        if validate and self._typed:
+            try:
+                self._decoder.decode(data)
+            except msgspec.ValidationError as exc:
+                raise ValidationError(
+                    f"invalid {self.type_name} message: {exc}; fix the value before sending "
+                    "(or pass validate=False to skip the check)",
+                    path=error_path(exc),
+                ) from exc
+        return data
+
+    def decode(self, data: bytes | bytearray | memoryview) -> T:
+        """Decode and validate `data` into the message type in one pass."""
+        try:
+            return self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(
+                f"{self.type_name} message does not match its schema: {exc}",
+                path=error_path(exc),
+            ) from exc
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"malformed {self.content_type} body: {exc}") from exc
+
+
+_codecs: dict[tuple[type[Any], str], Codec[Any]] = {}
+
+
+def codec_for(message_type: type[T], content_type: str = JSON) -> Codec[T]:
+    """The shared codec for a (message type, content type) pair, built once."""
+    key = (message_type, content_type)
+    codec = _codecs.get(key)
+    if codec is None:
+        codec = _codecs[key] = Codec(message_type, content_type)
+    return codec
+
+
+_current: ContextVar[Metadata] = ContextVar("streamtools_metadata")
+
+
+def current_metadata() -> Metadata:
+    """The metadata of the message being handled; call it inside a handler.
+
+    Raises LookupError outside a handler.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise LookupError("current_metadata() is only available inside a message handler") from None

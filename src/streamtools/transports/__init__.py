@@ -1,0 +1,1 @@
+"""One module per transport; each imports only the core and its own client library."""
