@@ -238,6 +238,11 @@ class Consumer(_Endpoint, Generic[T]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.queue.name!r})"
 
+    @property
+    def serving(self) -> bool:
+        """True while the consumer takes messages: started and not closed."""
+        return self._started and self._closing is None
+
     def __call__(self, **options: object) -> Callable[[Handler[T]], Handler[T]]:
         """Register the decorated handler for this queue; returns it unchanged."""
         unknown = set(options) - self.route_options
@@ -282,8 +287,8 @@ class Consumer(_Endpoint, Generic[T]):
             )
         await self.a_init()
         if not self._started:
-            self._started = True
             await self._start()
+            self._started = True
 
     async def _shutdown(self) -> None:
         self._stopped.set()

@@ -1,0 +1,473 @@
+"""One suite over every registered transport, adapted from Watermill's universal pub/sub tests.
+
+Each test asserts what a user would check: every message arrives with payload and metadata
+intact, nothing is lost under concurrency, failures retry and then dead-letter, queues are
+isolated, and closing is safe. Tests that need a capability skip on transports without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import msgspec
+import pytest
+
+from streamtools import (
+    CONSUMER_LOOPS,
+    PRODUCERS,
+    Consumer,
+    DeliveryError,
+    Metadata,
+    Producer,
+    Queue,
+    ValidationError,
+    current_metadata,
+)
+from tests.conformance.conftest import ConfMessage, ConfReply, Harness, LineItem
+from tests.conftest import unique_name
+
+WAIT = 30.0  # seconds: generous bound for any wait; never a pass/fail timing threshold
+
+
+def make_message(seq: int, tag: str = "") -> ConfMessage:
+    return ConfMessage(
+        seq=seq,
+        order_id=uuid4(),
+        created_at=datetime.now(UTC),
+        items=[LineItem(sku="ABC-123", quantity=1 + seq % 5)],
+        tag=tag,
+    )
+
+
+def new_queue() -> Queue[ConfMessage]:
+    return Queue(unique_name("st-conf"), ConfMessage)
+
+
+class Collector:
+    """Records what handlers received; `wait_for` blocks until a condition holds."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[Any, Metadata]] = []
+        self._changed = asyncio.Event()
+
+    def add(self, msg: object) -> None:
+        self.messages.append((msg, current_metadata()))
+        self._changed.set()
+
+    @property
+    def seqs(self) -> set[int]:
+        return {m.seq for m, _ in self.messages if isinstance(m, ConfMessage)}
+
+    async def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(WAIT):
+                while not condition():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(f"timed out after {WAIT} s waiting for {what}; got {len(self.messages)}")
+
+
+def test_every_transport_has_a_harness() -> None:
+    from tests.conformance.conftest import HARNESSES
+
+    assert set(PRODUCERS) == set(CONSUMER_LOOPS)
+    assert set(PRODUCERS) <= set(HARNESSES), "add a harness for each registered transport"
+
+
+async def test_publish_then_subscribe_delivers_all_intact(harness: Harness) -> None:
+    queue = new_queue()
+    got = Collector()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        got.add(msg)
+
+    sent: dict[str, ConfMessage] = {}
+    if harness.capabilities.queued:
+        # Sent before anyone listens: the queue keeps them.
+        async with harness.producer(queue) as producer:
+            for i in range(50):
+                msg = make_message(i)
+                sent[await producer.send(msg)] = msg
+        await consumer.start()
+    else:
+        await consumer.start()
+        async with harness.producer(queue, consumer) as producer:
+            for i in range(50):
+                msg = make_message(i)
+                sent[await producer.send(msg)] = msg
+    try:
+        await got.wait_for(lambda: len(got.seqs) == 50, "50 messages")
+    finally:
+        await consumer.close()
+
+    for msg, meta in got.messages:
+        assert msg == sent[meta.id]
+        assert isinstance(msg.order_id, UUID)
+        assert msg.created_at.tzinfo is not None
+        assert meta.type == "ConfMessage"
+        assert meta.source == producer.source
+        assert meta.specversion == "1.0"
+        assert meta.content_type == "application/json"
+        assert meta.attempt == 1
+        assert datetime.fromisoformat(meta.time).tzinfo is not None
+    assert len({meta.id for _, meta in got.messages}) == 50
+
+
+async def test_many_producers_and_consumers_lose_nothing(harness: Harness) -> None:
+    queue = new_queue()
+    got = Collector()
+    # Competing consumers on a queued transport; HTTP serves one queue from one route.
+    consumers = [harness.consumer(queue) for _ in range(3 if harness.capabilities.queued else 1)]
+    for consumer in consumers:
+
+        @consumer()
+        async def handle(msg: ConfMessage) -> None:
+            await asyncio.sleep(0)
+            got.add(msg)
+
+        await consumer.start()
+
+    async def produce(start: int) -> None:
+        async with harness.producer(queue, consumers[0]) as producer:
+            await asyncio.gather(*(producer.send(make_message(start + i)) for i in range(100)))
+
+    try:
+        await asyncio.gather(*(produce(p * 100) for p in range(4)))
+        await got.wait_for(lambda: len(got.seqs) == 400, "400 messages")
+    finally:
+        await asyncio.gather(*(c.close() for c in consumers))
+    assert got.seqs == set(range(400))
+
+
+async def test_failing_handler_is_retried_and_message_arrives(harness: Harness) -> None:
+    if not harness.capabilities.redelivery:
+        pytest.skip("transport does not redeliver after a handler failure")
+    queue = new_queue()
+    got = Collector()
+    attempts: Counter[int] = Counter()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        attempts[msg.seq] += 1
+        if attempts[msg.seq] < 3:
+            raise RuntimeError(f"transient failure {attempts[msg.seq]}")
+        got.add(msg)
+
+    await consumer.start()
+    try:
+        async with harness.producer(queue) as producer:
+            for i in range(5):
+                await producer.send(make_message(i))
+        await got.wait_for(lambda: len(got.seqs) == 5, "5 messages after retries")
+    finally:
+        await consumer.close()
+    assert all(attempts[i] == 3 for i in range(5)), attempts
+    assert all(meta.attempt == 3 for _, meta in got.messages)
+
+
+async def test_handler_failure_is_reported_to_a_synchronous_sender(harness: Harness) -> None:
+    if harness.capabilities.queued:
+        pytest.skip("queued transports retry on the consumer side")
+    queue = new_queue()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        raise RuntimeError("secret internal detail")
+
+    await consumer.start()
+    try:
+        async with harness.producer(queue, consumer) as producer:
+            with pytest.raises(DeliveryError) as info:
+                await producer.send(make_message(1))
+    finally:
+        await consumer.close()
+    assert info.value.status == 500
+    assert "secret internal detail" not in str(info.value.body)
+
+
+async def test_poison_message_is_dead_lettered_after_retry_limit(harness: Harness) -> None:
+    if not harness.capabilities.dead_letter:
+        pytest.skip("transport has no dead-letter queue")
+    queue = new_queue()
+    got = Collector()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        if msg.tag == "poison":
+            raise RuntimeError("cannot handle this one")
+        got.add(msg)
+
+    await consumer.start()
+    dead = Collector()
+    dlq = harness.consumer(Queue(f"{queue.name}.dlq", ConfMessage))
+
+    @dlq()
+    async def handle_dead(msg: ConfMessage) -> None:
+        dead.add(msg)
+
+    try:
+        async with harness.producer(queue) as producer:
+            poison_id = await producer.send(make_message(0, tag="poison"))
+            for i in range(1, 21):
+                await producer.send(make_message(i))
+        await got.wait_for(lambda: len(got.seqs) == 20, "the 20 good messages")
+        await dlq.start()
+        await dead.wait_for(lambda: len(dead.messages) == 1, "the poison message in the DLQ")
+    finally:
+        await asyncio.gather(consumer.close(), dlq.close())
+    msg, meta = dead.messages[0]
+    assert msg.tag == "poison"
+    assert meta.id == poison_id
+    assert meta.headers["x-death-reason"] == "max-retries"
+    assert meta.headers["x-error-type"] == "RuntimeError"
+    assert "cannot handle this one" in meta.headers["x-error-message"]
+    assert meta.headers["x-attempts"] == "3"  # max_retries=2 in the harness: 3 attempts
+    assert meta.headers["x-original-queue"] == queue.name
+
+
+async def test_invalid_message_is_rejected_while_the_consumer_goes_on(harness: Harness) -> None:
+    queue = new_queue()
+    got = Collector()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        got.add(msg)
+
+    await consumer.start()
+    # An untyped producer on the same queue sends what a foreign or buggy peer might.
+    raw: Producer[Any] = PRODUCERS[harness.name](queue.name, **harness.producer_settings(consumer))
+    bad_id = ""
+    invalid = {"seq": 1, "order_id": "not-a-uuid", "created_at": "2026-01-01T00:00:00Z"}
+    try:
+        async with raw, harness.producer(queue, consumer) as producer:
+            if harness.capabilities.dead_letter:
+                bad_id = await raw.send(invalid)
+            else:
+                with pytest.raises(DeliveryError) as info:
+                    await raw.send(invalid)
+                assert info.value.status == 422
+            await producer.send(make_message(2))
+        await got.wait_for(lambda: got.seqs == {2}, "the valid message after the invalid one")
+        if harness.capabilities.dead_letter:
+            dead = Collector()
+            dlq = harness.consumer(Queue(f"{queue.name}.dlq", dict[str, object]))
+
+            @dlq()
+            async def handle_dead(msg: dict[str, object]) -> None:
+                dead.add(msg)
+
+            await dlq.start()
+            try:
+                await dead.wait_for(lambda: len(dead.messages) == 1, "the invalid message in DLQ")
+            finally:
+                await dlq.close()
+            body, meta = dead.messages[0]
+            assert body == invalid
+            assert meta.id == bad_id
+            assert meta.headers["x-death-reason"] == "invalid"
+            assert meta.headers["x-error-type"] == "ValidationError"
+            assert "$.order_id" in meta.headers["x-error-message"]
+            assert meta.headers["x-attempts"] == "1"
+    finally:
+        await consumer.close()
+
+
+async def test_sender_validates_before_anything_leaves(harness: Harness) -> None:
+    queue = new_queue()
+    got = Collector()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        got.add(msg)
+
+    await consumer.start()
+    try:
+        async with harness.producer(queue, consumer) as producer:
+            bad = make_message(1)
+            bad.items[0].quantity = 0
+            with pytest.raises(ValidationError) as info:
+                await producer.send(bad)
+            assert info.value.path == "$.items[0].quantity"
+            await producer.send(make_message(2))
+        await got.wait_for(lambda: got.seqs == {2}, "the valid message")
+    finally:
+        await consumer.close()
+    assert got.seqs == {2}
+
+
+async def test_queues_do_not_leak_into_each_other(harness: Harness) -> None:
+    first, second = new_queue(), new_queue()
+    got = {first.name: Collector(), second.name: Collector()}
+    consumers = []
+    for queue in (first, second):
+        consumer = harness.consumer(queue)
+        collector = got[queue.name]
+
+        @consumer()
+        async def handle(msg: ConfMessage, collector: Collector = collector) -> None:
+            collector.add(msg)
+
+        await consumer.start()
+        consumers.append(consumer)
+    try:
+        for offset, (queue, consumer) in enumerate(zip((first, second), consumers, strict=True)):
+            async with harness.producer(queue, consumer) as producer:
+                for i in range(10):
+                    await producer.send(make_message(offset * 100 + i))
+        for offset, queue in enumerate((first, second)):
+            collector = got[queue.name]
+            expected = set(range(offset * 100, offset * 100 + 10))
+
+            def arrived(c: Collector = collector, e: set[int] = expected) -> bool:
+                return c.seqs == e
+
+            await collector.wait_for(arrived, f"10 messages on {queue.name}")
+    finally:
+        await asyncio.gather(*(c.close() for c in consumers))
+    assert got[first.name].seqs == set(range(10))
+    assert got[second.name].seqs == set(range(100, 110))
+
+
+async def test_close_mid_stream_then_resume_loses_nothing(harness: Harness) -> None:
+    if not harness.capabilities.queued:
+        pytest.skip("messages wait for a consumer only on queued transports")
+    queue = new_queue()
+    got = Collector()
+
+    def make_consumer() -> Consumer[ConfMessage]:
+        consumer = harness.consumer(queue)
+
+        @consumer()
+        async def handle(msg: ConfMessage) -> None:
+            await asyncio.sleep(0.002)
+            got.add(msg)
+
+        return consumer
+
+    async with harness.producer(queue) as producer:
+        for i in range(200):
+            await producer.send(make_message(i))
+    first = make_consumer()
+    await first.start()
+    await got.wait_for(lambda: len(got.seqs) >= 30, "30 messages before the close")
+    await first.close()
+    handled_before_resume = set(got.seqs)
+    second = make_consumer()
+    await second.start()
+    try:
+        await got.wait_for(lambda: len(got.seqs) == 200, "all 200 after resuming")
+    finally:
+        await second.close()
+    assert got.seqs == set(range(200))
+    assert handled_before_resume < got.seqs
+
+
+async def test_concurrent_close_is_safe_and_idempotent(harness: Harness) -> None:
+    queue = new_queue()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        pass
+
+    await consumer.start()
+    producer = harness.producer(queue, consumer)
+    await producer.send(make_message(1))
+    await asyncio.gather(
+        *(consumer.close() for _ in range(5)), *(producer.close() for _ in range(5))
+    )
+    await consumer.close()
+    await producer.close()
+    assert consumer.closed
+    assert producer.closed
+
+
+async def test_run_serves_until_close(harness: Harness) -> None:
+    queue = new_queue()
+    got = Collector()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        got.add(msg)
+
+    runner = asyncio.create_task(consumer.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            while not consumer.serving:  # noqa: ASYNC110 - run() exposes no event to await
+                await asyncio.sleep(0.01)
+        async with harness.producer(queue, consumer) as producer:
+            await producer.send(make_message(7))
+        await got.wait_for(lambda: got.seqs == {7}, "one message")
+    finally:
+        await consumer.close()
+        async with asyncio.timeout(WAIT):
+            await runner
+    assert runner.done()
+    assert runner.exception() is None
+
+
+async def test_request_reply_returns_the_typed_reply(harness: Harness) -> None:
+    if not harness.capabilities.request_reply:
+        pytest.skip("transport has no replies")
+    queue = new_queue()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> ConfReply:
+        return ConfReply(seq=msg.seq, total_quantity=sum(i.quantity for i in msg.items))
+
+    await consumer.start()
+    try:
+        async with harness.producer(queue, consumer) as producer:
+            replies = await asyncio.gather(
+                *(producer.request(make_message(i), reply_type=ConfReply) for i in range(10))
+            )
+    finally:
+        await consumer.close()
+    assert [r.seq for r in replies] == list(range(10))
+    assert all(isinstance(r, ConfReply) for r in replies)
+    assert [r.total_quantity for r in replies] == [1 + i % 5 for i in range(10)]
+
+
+async def test_untyped_queue_carries_raw_json(harness: Harness) -> None:
+    name = unique_name("st-conf-raw")
+    got: list[object] = []
+    done = asyncio.Event()
+    consumer = harness.consumer(Queue(name, object))
+
+    @consumer()
+    async def handle(msg: object) -> None:
+        got.append(msg)
+        done.set()
+
+    await consumer.start()
+    try:
+        async with harness.producer(Queue(name, object), consumer) as producer:
+            await producer.send({"any": ["json", 1, None]})
+        async with asyncio.timeout(WAIT):
+            await done.wait()
+    finally:
+        await consumer.close()
+    assert got == [{"any": ["json", 1, None]}]
+
+
+def test_encoded_body_is_the_message_alone() -> None:
+    # The body is the message alone (metadata travels in headers), so non-streamtools peers
+    # read it as plain JSON.
+    msg = make_message(3)
+    body = msgspec.json.encode(msg)
+    assert msgspec.json.decode(body) == msgspec.to_builtins(msg)
