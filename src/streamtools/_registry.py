@@ -110,7 +110,9 @@ CONSUMER_LOOPS: Final[Registry[ConsumerClass]] = Registry("consumer")
 CONSUMERS: Final = CONSUMER_LOOPS
 
 _BUILTIN: Final[Mapping[str, tuple[str, str, str]]] = {
+    HTTP: ("streamtools.transports.http", "HTTPProducer", "HTTPConsumer"),
     MEMORY: ("streamtools.transports.memory", "MemoryProducer", "MemoryConsumer"),
+    RMQ: ("streamtools.transports.rabbitmq", "RabbitMQProducer", "RabbitMQConsumer"),
 }
 _ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
     MEMORY: ("memory",),
