@@ -6,9 +6,11 @@ when none answers, the tests that need it error with how to start one: they are 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -50,6 +52,16 @@ def queue_name(request: pytest.FixtureRequest) -> str:
     """A unique queue name that mentions the test, for reading broker listings."""
     test = request.node.name.split("[")[0].removeprefix("test_")[:24]
     return unique_name(f"st-{test}")
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait until `condition()` holds, polling; fail the test after `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():  # noqa: ASYNC110 - polls state that has no event to await
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def free_port() -> int:

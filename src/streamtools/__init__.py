@@ -3,6 +3,7 @@
 from streamtools._base import Capabilities, Consumer, Producer, Route
 from streamtools._codec import Metadata, current_metadata
 from streamtools._contracts import register_contracts, registered_contracts
+from streamtools._helpers import ConsumerFactory, ConsumerRunner, HandleMsgs, HandlerFactory
 from streamtools._registry import (
     CONSUMER_LOOPS,
     CONSUMERS,
@@ -44,11 +45,15 @@ __all__ = [
     "ConnectionError",
     "Consumer",
     "ConsumerClass",
+    "ConsumerFactory",
+    "ConsumerRunner",
     "DecodeError",
     "DeliveryError",
     "EncodeError",
+    "HandleMsgs",
     "Handler",
     "HandlerError",
+    "HandlerFactory",
     "Metadata",
     "Producer",
     "ProducerClass",

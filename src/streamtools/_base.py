@@ -80,6 +80,8 @@ class _Endpoint(abc.ABC):
 
     async def a_init(self) -> None:
         """Connect and prepare; idempotent. Called by `send`, `run` and `async with` if needed."""
+        if self._closing is not None:
+            raise ConfigurationError(f"{self!r} is closed; create a new one")
         if self._opened:
             return
         async with self._open_lock:
