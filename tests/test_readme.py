@@ -1,0 +1,76 @@
+"""Every Python snippet in README.md is run or type-checked, as its marker says.
+
+A ```python block must follow a `<!-- readme-test: run -->` (executed in a subprocess from
+the repository root, must exit 0) or `<!-- readme-test: typecheck -->` (mypy --strict clean)
+comment; an unmarked block fails the test, so no snippet goes unchecked.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mypy import api
+
+ROOT = Path(__file__).parents[1]
+BLOCK = re.compile(r"(?:<!-- readme-test: (\w+) -->\n)?```python\n(.*?)```", re.S)
+
+
+def snippets() -> list[tuple[str, str, int]]:
+    text = (ROOT / "README.md").read_text()
+    found = []
+    for match in BLOCK.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        found.append((match[1] or "unmarked", match[2], line))
+    return found
+
+
+SNIPPETS = snippets()
+
+
+def test_readme_has_snippets_and_all_are_marked() -> None:
+    assert len(SNIPPETS) >= 4
+    unmarked = [line for mode, _, line in SNIPPETS if mode not in {"run", "typecheck"}]
+    assert not unmarked, f"README python blocks without a readme-test marker at lines {unmarked}"
+
+
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [(code, line) for mode, code, line in SNIPPETS if mode == "run"],
+    ids=lambda v: f"line{v}" if isinstance(v, int) else "",
+)
+def test_runnable_snippet_runs(code: str, line: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"README line {line}:\n{result.stderr}"
+    assert result.stdout.strip(), f"README line {line} printed nothing"
+
+
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [(code, line) for mode, code, line in SNIPPETS if mode in {"run", "typecheck"}],
+    ids=lambda v: f"line{v}" if isinstance(v, int) else "",
+)
+def test_snippet_type_checks(code: str, line: int, tmp_path: Path) -> None:
+    path = tmp_path / f"readme_line{line}.py"
+    path.write_text(code)
+    stdout, stderr, status = api.run(
+        [
+            "--strict",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir=/dev/null",
+            "--no-error-summary",
+            str(path),
+        ]
+    )
+    assert status == 0, f"README line {line}:\n{stdout}{stderr}"
