@@ -170,6 +170,21 @@ class ConsumerFactory:
         self.settings = settings
         self.instances: dict[str, Consumer[Any]] = {}
         self.handlers: dict[str, Handler[Any]] = {}
+        self._recorded: list[tuple[Queue[Any] | str, type[Any] | None, dict[str, object], Any]] = []
+
+    def using(
+        self, queue_type: str | None = None, *, port: int | None = None, host: str | None = None
+    ) -> ConsumerFactory:
+        """The same routes on another transport, host or port (what `streamtools run` does)."""
+        other = ConsumerFactory(
+            queue_type or self.queue_type,
+            port=port if port is not None else self.port,
+            host=host if host is not None else self.host,
+            **self.settings,
+        )
+        for queue, message_type, options, handler in self._recorded:
+            other.route(queue, message_type=message_type, **options)(handler)
+        return other
 
     def route(
         self, queue: Queue[T] | str, *, message_type: type[T] | None = None, **options: object
@@ -189,6 +204,7 @@ class ConsumerFactory:
 
         def register(handler: Handler[T]) -> Handler[T]:
             decorate(handler)
+            self._recorded.append((queue, message_type, dict(options), handler))
             self.instances[name] = consumer
             self.handlers.setdefault(name, handler)
             return handler
