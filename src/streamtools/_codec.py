@@ -8,14 +8,15 @@ here and nowhere else.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 import socket
 import sys
-import uuid
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final, Generic
 
 import msgspec
@@ -48,16 +49,54 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str = JSON
     specversion: str = SPECVERSION
     attempt: int = 1
-    headers: Mapping[str, str] = msgspec.field(default_factory=dict)
+    headers: Mapping[str, str] = msgspec.field(default_factory=lambda: _NO_HEADERS)
+
+
+_NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class _Ids:
+    """Message ids: 64 random bits per process, then a counter; 32 hex digits in all.
+
+    Unique across processes and restarts like a uuid4, at a fraction of the cost on the
+    send path; re-seeded in a forked child so parent and child never share ids.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_ids = _Ids()
+_second: int = -1
+_second_text: str = ""
+
+
+def _now() -> str:
+    # RFC 3339 UTC with microseconds; the date-and-seconds prefix is formatted once a second.
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    return f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
 
 
 def new_metadata(type_name: str, source: str, content_type: str = JSON) -> Metadata:
     """Fresh metadata for a message about to be sent."""
     return Metadata(
-        id=str(uuid.uuid4()),
+        id=_ids.next(),
         type=type_name,
         source=source,
-        time=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        time=_now(),
         content_type=content_type,
     )
 
