@@ -1,0 +1,972 @@
+"""The RabbitMQ transport on aio-pika: confirmed, persistent, self-healing.
+
+Topology, declared idempotently with the same arguments by producers and consumers:
+
+- `<queue>`: durable, quorum by default (`queue_type="classic"` selectable), with a
+  dead-letter route to `<queue>.dlq` as a safety net for what the broker itself drops
+  (e.g. a quorum queue's delivery limit after repeated consumer crashes).
+- `<queue>.dlq`: durable; streamtools publishes poison and invalid messages there itself,
+  with `x-death-reason`, `x-error-type`, `x-error-message`, `x-attempts` and
+  `x-original-queue` headers. A consumer on a name ending in `.dlq` consumes it as is;
+  what its handler cannot take goes back to the tail of that same DLQ (never a `.dlq.dlq`).
+- `<queue>.retry.<n>` (consumers only, n = 1..max_retries): durable delay queues without
+  consumers whose expired messages dead-letter back to `<queue>`. A failed message is copied
+  there with a per-message `expiration` (the backoff delay) and `x-streamtools-attempt`
+  incremented, confirmed, and only then is the original acked: nothing is lost in between,
+  and no delivery is held while waiting. The TTL is per message, so consumers with other
+  retry settings share the same queues without argument mismatches.
+
+Delivery guarantees: `send` returns only after the broker confirmed the (persistent,
+mandatory) message. A publish interrupted by a lost connection (or a lost confirm) is
+published again with the same message id once the connection is back, until
+`send_timeout`: delivery is at-least-once, so a consumer may see a duplicate with the same
+`ce-id`. Consumers ack after the handler (and any retry or dead-letter copy) is done, so a
+crash or a cut connection redelivers instead of losing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import ssl as _ssl
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+import aio_pika
+import aio_pika.abc
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+import msgspec
+from yarl import URL
+
+from streamtools._base import Capabilities, Consumer, Producer, Route, backoff_delay, encode_reply
+from streamtools._codec import JSON, Metadata, new_metadata, type_name
+from streamtools._types import Queue, T
+from streamtools.errors import (
+    CodecError,
+    ConfigurationError,
+    ConnectionError,
+    HandlerError,
+    PublishError,
+    ReplyTimeoutError,
+    StreamtoolsError,
+)
+
+__all__ = ["RabbitMQConsumer", "RabbitMQProducer"]
+
+logger = logging.getLogger("streamtools.rabbitmq")
+logger.addHandler(logging.NullHandler())
+
+QueueType = Literal["quorum", "classic"]
+
+ATTEMPT_HEADER: Final = "x-streamtools-attempt"
+REPLY_TO: Final = "amq.rabbitmq.reply-to"
+_CE_HEADERS: Final = ("ce-id", "ce-type", "ce-source", "ce-specversion", "ce-time")
+# Broker bookkeeping dropped when a message is copied to a retry or dead-letter queue.
+_BROKER_HEADERS: Final = ("x-death", "x-delivery-count")
+_RECONNECT_INTERVAL: Final = 1.0
+_REPUBLISH_TIMEOUT: Final = 30.0
+_SEND_OPTIONS: Final = frozenset({"expiration", "headers"})
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    url: URL
+    ssl: _ssl.SSLContext | None
+    connect_timeout: float
+    queue_type: QueueType
+
+    @property
+    def address(self) -> str:
+        return f"{self.url.host}:{self.url.port}"
+
+    @property
+    def redacted(self) -> str:
+        return redact(self.url)
+
+
+def redact(url: URL | str) -> str:
+    """`url` without its password, for logs, reprs and error messages."""
+    parsed = URL(url) if isinstance(url, str) else url
+    if parsed.password is not None:
+        parsed = parsed.with_password("***")
+    return str(parsed)
+
+
+def _settings(
+    url: str | None,
+    ssl: _ssl.SSLContext | None,
+    connect_timeout: float,
+    queue_type: str,
+) -> _Settings:
+    # Environment read once, here; explicit keywords win.
+    raw = url if url is not None else os.environ.get("RMQ_URL") or None
+    if raw is None:
+        host = os.environ.get("RMQ_HOST") or "localhost"
+        port_text = os.environ.get("RMQ_PORT") or "5672"
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigurationError(f"RMQ_PORT must be a port number, got {port_text!r}") from None
+        vhost = os.environ.get("RMQ_VHOST") or "/"
+        parsed = URL.build(
+            scheme="amqps" if ssl is not None else "amqp",
+            user=os.environ.get("RMQ_USER") or "guest",
+            password=os.environ.get("RMQ_PASS") or "guest",
+            host=host,
+            port=port,
+            path="/" if vhost == "/" else "/" + vhost.strip("/"),
+        )
+    else:
+        try:
+            parsed = URL(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"invalid RabbitMQ url {redact(str(raw))!r}: {exc}") from None
+    if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
+        raise ConfigurationError(
+            f"RabbitMQ url must look like amqp://user:pass@host:5672/vhost (or amqps://), "
+            f"got {redact(parsed)!r}"
+        )
+    if ssl is not None and parsed.scheme != "amqps":
+        raise ConfigurationError(
+            f"ssl= is given but the url {redact(parsed)!r} is not amqps://; use amqps://"
+        )
+    if parsed.port is None:
+        parsed = parsed.with_port(5671 if parsed.scheme == "amqps" else 5672)
+    if parsed.user is None:
+        parsed = parsed.with_user("guest").with_password("guest")
+    if not connect_timeout > 0:
+        raise ConfigurationError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
+    if queue_type not in ("quorum", "classic"):
+        raise ConfigurationError(f"queue_type must be 'quorum' or 'classic', got {queue_type!r}")
+    checked: QueueType = "quorum" if queue_type == "quorum" else "classic"
+    return _Settings(parsed, ssl, float(connect_timeout), checked)
+
+
+# --- topology --------------------------------------------------------------------------------
+
+
+def _topology(
+    name: str, queue_type: QueueType, retries: int
+) -> list[tuple[str, dict[str, object]]]:
+    """(queue, arguments) for everything that `name` needs; the same for every peer."""
+    typed: dict[str, object] = {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+    # At-least-once dead-lettering (quorum only) keeps a message until its target confirms it.
+    safe_dlx: dict[str, object] = (
+        {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        if queue_type == "quorum"
+        else {}
+    )
+    if name.endswith(".dlq"):
+        declared = [(name, dict(typed))]
+    else:
+        main = {
+            **typed,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{name}.dlq",
+            **safe_dlx,
+        }
+        declared = [(name, main), (f"{name}.dlq", dict(typed))]
+    for n in range(1, retries + 1):
+        delay = {
+            **typed,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": name,
+            **safe_dlx,
+        }
+        declared.append((f"{name}.retry.{n}", delay))
+    return declared
+
+
+def _dead_letter_target(name: str) -> str:
+    # A dead-letter queue's own failures stay in it (at its tail) instead of a `.dlq.dlq`.
+    return name if name.endswith(".dlq") else f"{name}.dlq"
+
+
+# --- error mapping: the one place aio-pika / aiormq errors become streamtools errors --------
+
+
+def _translate(exc: BaseException, settings: _Settings, what: str) -> StreamtoolsError:
+    where = f"RabbitMQ at {settings.address}"
+    if isinstance(exc, StreamtoolsError):
+        return exc
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        return PublishError(
+            f"{what}: no queue took the message (unroutable, returned by {where}); it was not "
+            "delivered. Declare the queue (any streamtools producer or consumer on it does) "
+            "or check the queue name"
+        )
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return PublishError(f"{what}: {where} refused the message (nack); it was not stored")
+    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        return ConfigurationError(
+            f"{what}: {where} refused the declaration: {_reply_text(exc)}. A queue of that "
+            "name already exists with other arguments (queue type, dead-letter settings). "
+            "Pass the matching queue_type= (quorum or classic), or drain and delete the "
+            "existing queue so streamtools can declare it"
+        )
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        return ConfigurationError(
+            f"{what}: {where} refused access: {_reply_text(exc)}; check the user's "
+            "permissions on the vhost and that the queue is not exclusive to another client"
+        )
+    if isinstance(
+        exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
+    ):
+        return ConnectionError(
+            f"{what}: {where} refused the login of user {settings.url.user!r} "
+            f"({settings.redacted}); check RMQ_USER/RMQ_PASS or the url= credentials"
+        )
+    if isinstance(exc, TimeoutError):
+        return ConnectionError(
+            f"{what}: no answer from {where} ({settings.redacted}) within "
+            f"{settings.connect_timeout} s; check RMQ_HOST/RMQ_PORT or url=, and that "
+            "RabbitMQ runs there"
+        )
+    if isinstance(exc, aiormq.exceptions.AMQPConnectionError | OSError):
+        return ConnectionError(
+            f"{what}: cannot connect to {where} ({settings.redacted}): {_reason(exc)}; "
+            "check RMQ_HOST/RMQ_PORT or url=, and that RabbitMQ runs there"
+        )
+    return ConnectionError(f"{what}: {where} failed: {_reason(exc)}")
+
+
+def _reply_text(exc: BaseException) -> str:
+    text = exc.args[1] if len(exc.args) > 1 else _reason(exc)
+    return str(text)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(a) for a in exc.args if not isinstance(a, int)) or type(exc).__name__
+    return text
+
+
+@contextlib.contextmanager
+def _map_errors(settings: _Settings, what: str) -> Iterator[None]:
+    try:
+        yield
+    except StreamtoolsError:
+        raise
+    except (aiormq.exceptions.AMQPError, OSError, RuntimeError) as exc:
+        raise _translate(exc, settings, what) from exc
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed publish may succeed once the connection or channel is back."""
+    if isinstance(
+        exc,
+        aiormq.exceptions.PublishError
+        | aiormq.exceptions.ChannelPreconditionFailed
+        | aiormq.exceptions.ChannelAccessRefused
+        | aiormq.exceptions.ChannelNotFoundEntity,
+    ):
+        return False
+    # A nack, a closed channel or connection, a lost confirm: the broker may not have it.
+    return isinstance(exc, aiormq.exceptions.AMQPError | OSError | RuntimeError)
+
+
+class _DeliveryLost(Exception):
+    """The channel of the delivery being settled closed: the broker redelivers it anyway."""
+
+
+# --- the connection shared by producers and consumers ----------------------------------------
+
+
+class _Link:
+    """One robust connection, a confirm channel on it, and the publish-until-confirmed loop."""
+
+    def __init__(self, settings: _Settings, role: str) -> None:
+        self.settings = settings
+        self.role = role
+        self.connection: aio_pika.RobustConnection | None = None
+        self.channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._reply_channel: aiormq.abc.AbstractChannel | None = None
+        self._reply_lock = asyncio.Lock()
+        self.replies: dict[str, asyncio.Future[tuple[bytes, str]]] = {}
+
+    async def open(self) -> None:
+        settings = self.settings
+        connection = aio_pika.RobustConnection(
+            settings.url,
+            ssl_context=settings.ssl,
+            client_properties={"connection_name": f"streamtools {self.role}"},
+            # A `?reconnect_interval=` in the url wins (aio-pika skips None keywords).
+            reconnect_interval=(
+                None if "reconnect_interval" in settings.url.query else _RECONNECT_INTERVAL
+            ),
+        )
+        try:
+            with _map_errors(settings, f"{self.role}: connecting"):
+                async with asyncio.timeout(settings.connect_timeout):
+                    await connection.connect(timeout=settings.connect_timeout)
+                    self.channel = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self.connection = connection
+        logger.debug("connected", extra={"role": self.role, "broker": settings.redacted})
+
+    async def declare(self, topology: Sequence[tuple[str, dict[str, object]]]) -> None:
+        """Declare durable queues on a throwaway channel: a 406 closes only that channel."""
+        assert self.connection is not None
+        transport = self.connection.transport
+        if transport is None:
+            raise ConnectionError(f"{self.role}: not connected to {self.settings.address}")
+        with _map_errors(self.settings, f"declaring queues for {topology[0][0]!r}"):
+            async with asyncio.timeout(self.settings.connect_timeout):
+                channel = await transport.connection.channel(publisher_confirms=False)
+                try:
+                    for name, arguments in topology:
+                        with _map_errors(self.settings, f"declaring queue {name!r}"):
+                            await channel.queue_declare(
+                                name,
+                                durable=True,
+                                arguments=dict(arguments),  # type: ignore[arg-type]  # pamqp's FieldTable is invariant
+                            )
+                finally:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+
+    async def publish(
+        self,
+        message: aio_pika.Message,
+        routing_key: str,
+        *,
+        timeout: float,
+        what: str,
+        mandatory: bool = True,
+        reply: bool = False,
+        delivery: aio_pika.abc.AbstractIncomingMessage | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm, publishing again after a lost connection.
+
+        Gives up with PublishError after `timeout` seconds. With `delivery`, stops as soon as
+        that delivery's channel is gone (the broker redelivers it; a copy would duplicate).
+        """
+        assert self.channel is not None
+        channel = self.channel
+        last: BaseException | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in itertools.count(1):
+                    if self.connection is None:
+                        raise PublishError(f"{what}: not sent, the {self.role} is closed")
+                    if delivery is not None and _channel_closed(delivery):
+                        raise _DeliveryLost
+                    try:
+                        await channel.ready()
+                        underlay = await channel.get_underlay_channel()
+                        if reply:
+                            await self._consume_replies(underlay)
+                        await underlay.basic_publish(
+                            message.body,
+                            exchange="",
+                            routing_key=routing_key,
+                            properties=message.properties,
+                            mandatory=mandatory,
+                        )
+                        return
+                    except asyncio.CancelledError as exc:
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise
+                        last = exc  # aiormq cancelled a pending confirm: connection lost
+                    except Exception as exc:
+                        if not _transient(exc):
+                            raise _translate(exc, self.settings, what) from exc
+                        last = exc
+                    logger.info(
+                        "publish interrupted, publishing again: %s",
+                        _reason(last),
+                        extra={"queue": routing_key, "message_id": message.message_id},
+                    )
+                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        except TimeoutError:
+            reason = f" (last error: {_reason(last)})" if last is not None else ""
+            raise PublishError(
+                f"{what}: not confirmed by RabbitMQ at {self.settings.address} within "
+                f"{timeout} s{reason}; it may or may not have been stored"
+            ) from last
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _consume_replies(self, underlay: aiormq.abc.AbstractChannel) -> None:
+        # Direct reply-to answers only on the channel that published the request, so the
+        # pseudo-queue is consumed again on every new channel after a reconnect.
+        if self._reply_channel is underlay:
+            return
+        async with self._reply_lock:
+            if self._reply_channel is not underlay:
+                await underlay.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
+                self._reply_channel = underlay
+
+    async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
+        properties = message.header.properties
+        future = self.replies.get(properties.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result((message.body, _content_type(properties.content_type)))
+
+    async def close(self) -> None:
+        connection, self.connection = self.connection, None
+        for correlation_id, future in self.replies.items():
+            if not future.done():
+                future.set_exception(
+                    PublishError(f"request {correlation_id}: the {self.role} closed first")
+                )
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
+def _channel_closed(delivery: aio_pika.abc.AbstractIncomingMessage) -> bool:
+    try:
+        return delivery.channel.is_closed
+    except RuntimeError:  # aio-pika's ChannelInvalidStateError: the channel closed
+        return True
+
+
+def _content_type(value: str | None) -> str:
+    # Foreign peers send "application/json; charset=utf-8" or nothing at all.
+    if not value:
+        return JSON
+    return value.split(";", 1)[0].strip().lower() or JSON
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return None
+
+
+def _timestamp(iso: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+
+
+def _message(
+    body: bytes,
+    meta: Metadata,
+    *,
+    headers: Mapping[str, object] | None = None,
+    expiration: float | None = None,
+    reply_to: str | None = None,
+    persistent: bool = True,
+) -> aio_pika.Message:
+    """An AMQP message carrying `meta` as CloudEvents headers and mirrored properties."""
+    all_headers: dict[str, object] = {
+        "ce-id": meta.id,
+        "ce-type": meta.type,
+        "ce-source": meta.source,
+        "ce-specversion": meta.specversion,
+        "ce-time": meta.time,
+        **(headers or {}),
+    }
+    if meta.attempt > 1:
+        all_headers[ATTEMPT_HEADER] = meta.attempt
+    return aio_pika.Message(
+        body,
+        headers=all_headers,  # type: ignore[arg-type]  # pamqp's FieldTable is invariant
+        content_type=meta.content_type,
+        delivery_mode=(
+            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+        ),
+        message_id=meta.id,
+        correlation_id=meta.id if reply_to else None,
+        reply_to=reply_to,
+        type=meta.type,
+        timestamp=_timestamp(meta.time),
+        expiration=expiration,
+    )
+
+
+# --- producer --------------------------------------------------------------------------------
+
+
+class RabbitMQProducer(Producer[T]):
+    """Publishes to a RabbitMQ queue with publisher confirms; `send` returns once confirmed.
+
+    Settings: `url=` (else `RMQ_URL`, else `RMQ_HOST`/`RMQ_PORT`/`RMQ_USER`/`RMQ_PASS`/
+    `RMQ_VHOST`), `ssl=` an SSLContext for amqps, `connect_timeout` for the first connection,
+    `send_timeout` for how long `send` waits (also through a reconnect) for the confirm,
+    `queue_type` matching the consumers'. Send options: `headers` (extra AMQP headers) and
+    `expiration` (seconds; an expired message goes to `<queue>.dlq`).
+    """
+
+    transport = "RMQIOHandler"
+
+    def __init__(
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        source: str | None = None,
+        validate: bool = True,
+        url: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+        send_timeout: float = 30.0,
+        queue_type: QueueType = "quorum",
+    ) -> None:
+        super().__init__(queue, message_type=message_type, source=source, validate=validate)
+        self._settings = _settings(url, ssl, connect_timeout, queue_type)
+        if not send_timeout > 0:
+            raise ConfigurationError(f"send_timeout must be > 0 seconds, got {send_timeout}")
+        self.send_timeout = float(send_timeout)
+        self._link = _Link(self._settings, f"producer {self.queue.name}")
+
+    def __repr__(self) -> str:
+        return f"RabbitMQProducer({self.queue.name!r}, url={self._settings.redacted!r})"
+
+    async def _open(self) -> None:
+        await self._link.open()
+        try:
+            await self._link.declare(_topology(self.queue.name, self._settings.queue_type, 0))
+        except BaseException:
+            await self._link.close()
+            raise
+
+    async def _close(self) -> None:
+        await self._link.close()
+
+    def _options(self, options: Mapping[str, object]) -> tuple[dict[str, object], float | None]:
+        unknown = set(options) - _SEND_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"RabbitMQProducer.send has no option {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(sorted(_SEND_OPTIONS))}"
+            )
+        headers = options.get("headers") or {}
+        if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
+            raise ConfigurationError("send option headers must be a mapping of str to values")
+        reserved = [k for k in headers if k in _CE_HEADERS or k == ATTEMPT_HEADER]
+        if reserved:
+            raise ConfigurationError(
+                f"send option headers may not set {', '.join(sorted(reserved))}; "
+                "streamtools sets them"
+            )
+        expiration = options.get("expiration")
+        if expiration is not None and (
+            isinstance(expiration, bool)
+            or not isinstance(expiration, int | float)
+            or expiration < 0
+        ):
+            raise ConfigurationError(
+                f"send option expiration must be seconds >= 0, got {expiration!r}"
+            )
+        return dict(headers), (float(expiration) if expiration is not None else None)
+
+    async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
+        headers, expiration = self._options(options)
+        await self._link.publish(
+            _message(body, meta, headers=headers, expiration=expiration),
+            self.queue.name,
+            timeout=self.send_timeout,
+            what=f"message {meta.id} to queue {self.queue.name!r}",
+        )
+
+    async def send_many(self, msgs: Iterable[T], **options: object) -> list[str]:
+        """Send every message with pipelined confirms; return their ids in order.
+
+        All messages are encoded and validated before any is published. Raises PublishError
+        naming the messages that were not confirmed (the others were).
+        """
+        if not self._opened:
+            await self.a_init()
+        self._options(options)
+        codec = self._codec_for_send(options)
+        prepared = [
+            (
+                codec.encode(msg, validate=self.validate),
+                new_metadata(codec.type_name, self.source, codec.content_type),
+            )
+            for msg in msgs
+        ]
+        results = await asyncio.gather(
+            *(self._send(body, meta, options) for body, meta in prepared),
+            return_exceptions=True,
+        )
+        failed: list[tuple[int, str, BaseException]] = []
+        for index, ((_, meta), result) in enumerate(zip(prepared, results, strict=True)):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                failed.append((index, meta.id, result))
+        if failed:
+            listed = "; ".join(f"#{i} {mid}: {exc}" for i, mid, exc in failed[:10])
+            more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
+            raise PublishError(
+                f"{len(failed)} of {len(prepared)} messages to {self.queue.name!r} were not "
+                f"confirmed (the others were): {listed}{more}"
+            ) from failed[0][2]
+        return [meta.id for _, meta in prepared]
+
+    async def _request(
+        self, body: bytes, meta: Metadata, timeout: float, options: Mapping[str, object]
+    ) -> tuple[bytes, str]:
+        headers, expiration = self._options(options)
+        future: asyncio.Future[tuple[bytes, str]] = asyncio.get_running_loop().create_future()
+        self._link.replies[meta.id] = future
+        try:
+            async with asyncio.timeout(timeout):
+                await self._link.publish(
+                    _message(
+                        body,
+                        meta,
+                        headers=headers,
+                        expiration=expiration,
+                        reply_to=REPLY_TO,
+                        # A reply goes to this connection only: the request is not worth
+                        # keeping on disk once nobody can receive its answer.
+                        persistent=False,
+                    ),
+                    self.queue.name,
+                    timeout=min(self.send_timeout, timeout),
+                    what=f"request {meta.id} to queue {self.queue.name!r}",
+                    reply=True,
+                )
+                return await future
+        except TimeoutError:
+            raise ReplyTimeoutError(
+                f"no reply to request {meta.id} on {self.queue.name!r} within {timeout} s; "
+                "is a consumer running?"
+            ) from None
+        finally:
+            self._link.replies.pop(meta.id, None)
+
+
+# --- consumer --------------------------------------------------------------------------------
+
+
+class RabbitMQConsumer(Consumer[T]):
+    """Competing consumer on a RabbitMQ queue; acks after the handler returns.
+
+    A handler exception is retried through `<queue>.retry.<n>` with exponential backoff
+    (`retry_delay`, doubling up to `max_retry_delay`) up to `max_retries` times, then the
+    message goes to `<queue>.dlq` with the error in headers; an invalid message goes there at
+    once. `prefetch` bounds the unacked deliveries (and so the handlers running at once).
+    After a lost connection the consumer re-subscribes by itself.
+    """
+
+    transport = "RMQIOHandler"
+    capabilities = Capabilities(
+        queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=True
+    )
+
+    def __init__(
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        url: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+        prefetch: int = 64,
+        max_retries: int = 3,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+        shutdown_timeout: float = 30.0,
+        queue_type: QueueType = "quorum",
+    ) -> None:
+        super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
+        self._settings = _settings(url, ssl, connect_timeout, queue_type)
+        if prefetch < 1:
+            raise ConfigurationError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if not retry_delay >= 0 or not max_retry_delay >= retry_delay:
+            raise ConfigurationError(
+                f"need 0 <= retry_delay <= max_retry_delay, got {retry_delay}, {max_retry_delay}"
+            )
+        self.prefetch = prefetch
+        self.max_retries = max_retries
+        self.retry_delay = float(retry_delay)
+        self.max_retry_delay = float(max_retry_delay)
+        self._link = _Link(self._settings, f"consumer {self.queue.name}")
+        self._consume_channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._amqp_queue: aio_pika.abc.AbstractRobustQueue | None = None
+        self._consumer_tag: str | None = None
+        self._intake_stopped = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._default_type = type_name(self.queue.message_type)
+
+    def __repr__(self) -> str:
+        return f"RabbitMQConsumer({self.queue.name!r}, url={self._settings.redacted!r})"
+
+    async def _open(self) -> None:
+        link = self._link
+        await link.open()
+        try:
+            topology = _topology(self.queue.name, self._settings.queue_type, self.max_retries)
+            await link.declare(topology)
+            assert link.connection is not None
+            with _map_errors(self._settings, f"opening consumer on {self.queue.name!r}"):
+                async with asyncio.timeout(self._settings.connect_timeout):
+                    channel = await link.connection.channel(publisher_confirms=False)
+                    self._consume_channel = channel
+                    await channel.set_qos(prefetch_count=self.prefetch)
+                    # Declared on the robust channel so that a reconnect re-declares the queue
+                    # and re-subscribes the consumer (same arguments as above: no mismatch).
+                    self._amqp_queue = await channel.declare_queue(
+                        self.queue.name,
+                        durable=True,
+                        arguments=dict(topology[0][1]),
+                    )
+        except BaseException:
+            await link.close()
+            raise
+
+    async def _start(self) -> None:
+        assert self._amqp_queue is not None
+        with _map_errors(self._settings, f"subscribing to {self.queue.name!r}"):
+            self._consumer_tag = await self._amqp_queue.consume(self._on_message)
+        logger.debug("consuming", extra={"queue": self.queue.name, "prefetch": self.prefetch})
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if self._intake_stopped:
+            return  # left unacked: the broker gives it to another consumer once we close
+        self._delivery_started()
+        # Our own task, not aiormq's: a lost connection must not cancel a running handler.
+        task = asyncio.get_running_loop().create_task(self._deliver(self.routes[0], message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _metadata(self, message: aio_pika.abc.AbstractIncomingMessage) -> Metadata:
+        headers = message.headers or {}
+
+        def header(key: str) -> str | None:
+            return _text(headers.get(key))
+
+        try:
+            attempt = max(1, int(str(header(ATTEMPT_HEADER) or 1)))
+        except ValueError:
+            attempt = 1
+        stamp = message.timestamp
+        if stamp is not None and stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        extra = {
+            key: text
+            for key, value in headers.items()
+            if key not in _CE_HEADERS
+            and key != ATTEMPT_HEADER
+            and (text := _text(value)) is not None
+        }
+        return Metadata(
+            id=header("ce-id") or message.message_id or str(uuid.uuid4()),
+            type=header("ce-type") or message.type or self._default_type,
+            source=header("ce-source") or message.app_id or "",
+            time=header("ce-time")
+            or (stamp or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+            content_type=_content_type(message.content_type),
+            specversion=header("ce-specversion") or "1.0",
+            attempt=attempt,
+            headers=extra,
+        )
+
+    async def _deliver(
+        self, route: Route[T], message: aio_pika.abc.AbstractIncomingMessage
+    ) -> None:
+        name = self.queue.name
+        meta: Metadata | None = None
+        try:
+            meta = self._metadata(message)
+            try:
+                reply = await self._process(route, message.body, meta)
+            except CodecError as exc:
+                logger.warning(
+                    "invalid message dead-lettered: %s",
+                    exc,
+                    extra={"queue": name, "message_id": meta.id},
+                )
+                await self._dead_letter(message, meta, exc, "invalid")
+            except HandlerError as exc:
+                if meta.attempt > self.max_retries:
+                    logger.error(
+                        "message dead-lettered after %d attempts: %s",
+                        meta.attempt,
+                        exc.__cause__,
+                        extra={"queue": name, "message_id": meta.id},
+                    )
+                    await self._dead_letter(message, meta, exc, "max-retries")
+                else:
+                    await self._retry(message, meta, exc)
+            else:
+                if message.reply_to:
+                    await self._reply(message, meta, reply)
+            await self._settle(message, meta)
+        except asyncio.CancelledError:
+            # Shutdown timed out mid-handler: left unacked, closing the channel requeues it.
+            raise
+        except _DeliveryLost:
+            logger.info(
+                "connection lost mid-delivery; the broker redelivers the message",
+                extra={"queue": name, "message_id": meta.id if meta else message.message_id},
+            )
+        except Exception:
+            # A failure of ours (e.g. the retry queue is gone): requeue after a pause rather
+            # than lose the message or spin on it.
+            logger.exception(
+                "delivery failed; requeueing",
+                extra={"queue": name, "message_id": meta.id if meta else message.message_id},
+            )
+            await asyncio.sleep(self.retry_delay)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            self._delivery_done()
+
+    def _copy_headers(self, message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, object]:
+        return {
+            key: value
+            for key, value in (message.headers or {}).items()
+            if key not in _CE_HEADERS
+            and key != ATTEMPT_HEADER
+            and key not in _BROKER_HEADERS
+            and not key.startswith(("x-first-death-", "x-last-death-"))
+        }
+
+    def _copy_meta(self, meta: Metadata, attempt: int) -> Metadata:
+        return Metadata(
+            id=meta.id,
+            type=meta.type,
+            source=meta.source,
+            time=meta.time,
+            content_type=meta.content_type,
+            specversion=meta.specversion,
+            attempt=attempt,
+        )
+
+    async def _retry(
+        self, message: aio_pika.abc.AbstractIncomingMessage, meta: Metadata, exc: HandlerError
+    ) -> None:
+        attempt = meta.attempt
+        delay = backoff_delay(attempt, self.retry_delay, self.max_retry_delay)
+        logger.info(
+            "handler failed, retry %d in %.2f s: %s",
+            attempt,
+            delay,
+            exc.__cause__,
+            extra={"queue": self.queue.name, "message_id": meta.id},
+        )
+        # Confirmed before the original is acked; the copy's TTL is the backoff delay.
+        await self._link.publish(
+            _message(
+                message.body,
+                self._copy_meta(meta, attempt + 1),
+                headers=self._copy_headers(message),
+                expiration=max(delay, 0.001),
+            ),
+            f"{self.queue.name}.retry.{attempt}",
+            timeout=_REPUBLISH_TIMEOUT,
+            what=f"retry of message {meta.id}",
+            delivery=message,
+        )
+
+    async def _dead_letter(
+        self,
+        message: aio_pika.abc.AbstractIncomingMessage,
+        meta: Metadata,
+        error: StreamtoolsError,
+        reason: str,
+    ) -> None:
+        cause = error.__cause__ if isinstance(error, HandlerError) and error.__cause__ else error
+        target = _dead_letter_target(self.queue.name)
+        headers: dict[str, object] = {
+            **self._copy_headers(message),
+            "x-death-reason": reason,
+            "x-error-type": type(cause).__name__,
+            "x-error-message": str(cause)[:1000],
+            "x-attempts": str(meta.attempt),
+            "x-original-queue": meta.headers.get("x-original-queue", self.queue.name)
+            if target == self.queue.name
+            else self.queue.name,
+        }
+        # Back in its own DLQ a message starts over, so a failing DLQ handler backs off.
+        attempt = 1 if target == self.queue.name else meta.attempt
+        await self._link.publish(
+            _message(message.body, self._copy_meta(meta, attempt), headers=headers),
+            target,
+            timeout=_REPUBLISH_TIMEOUT,
+            what=f"dead-lettering message {meta.id}",
+            delivery=message,
+        )
+
+    async def _reply(
+        self,
+        message: aio_pika.abc.AbstractIncomingMessage,
+        meta: Metadata,
+        reply: object,
+    ) -> None:
+        if reply is not None and not isinstance(reply, msgspec.Struct):
+            logger.error(
+                "handler returned %s, not a Struct; replying null",
+                type(reply).__name__,
+                extra={"queue": self.queue.name, "message_id": meta.id},
+            )
+            reply = None
+        body = encode_reply(reply, meta.content_type)
+        answer = aio_pika.Message(
+            body,
+            content_type=meta.content_type,
+            correlation_id=message.correlation_id or meta.id,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        )
+        try:
+            # Not mandatory: a requester that gave up is no reason to fail the delivery.
+            await self._link.publish(
+                answer,
+                message.reply_to or "",
+                timeout=_REPUBLISH_TIMEOUT,
+                what=f"reply to message {meta.id}",
+                mandatory=False,
+            )
+        except StreamtoolsError as exc:
+            logger.warning(
+                "reply not sent: %s", exc, extra={"queue": self.queue.name, "message_id": meta.id}
+            )
+
+    async def _settle(self, message: aio_pika.abc.AbstractIncomingMessage, meta: Metadata) -> None:
+        try:
+            await message.ack()
+        except Exception as exc:
+            # The delivery's channel closed: the broker redelivers it (at-least-once).
+            logger.info(
+                "ack failed, the message will be redelivered: %s",
+                _reason(exc),
+                extra={"queue": self.queue.name, "message_id": meta.id},
+            )
+
+    async def _stop_intake(self) -> None:
+        self._intake_stopped = True
+        queue, tag = self._amqp_queue, self._consumer_tag
+        if queue is not None and tag is not None:
+            # RobustQueue.cancel forgets the consumer first, so a reconnect won't restore it.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._settings.connect_timeout):
+                    await queue.cancel(tag)
+
+    async def _abort_inflight(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _close(self) -> None:
+        # Closing the connection returns every unacked delivery to the queue.
+        await self._link.close()
