@@ -1,19 +1,25 @@
 """Billing service: turns every OrderCreated into an InvoiceIssued.
 
-The transport is picked by name from QUEUE_TYPE, so this code is the same over memory, HTTP
-and RabbitMQ.
+Run it as a process (`python -m examples.billing`, or `streamtools run
+examples.billing:consumers`). The transport is picked by name from QUEUE_TYPE, so this code
+is the same over HTTP, RabbitMQ and memory. Over HTTP it listens on BILLING_PORT and sends
+invoices to the ledger on LEDGER_PORT.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from generated import BILLING_INVOICED, ORDERS_CREATED, InvoiceIssued, OrderCreated
-from streamtools import CONSUMER_LOOPS, MEMORY, PRODUCERS, Consumer, Producer
+from streamtools import HTTP, MEMORY, PRODUCERS, ConsumerFactory, ConsumerRunner
 
 QUEUE_TYPE = os.environ.get("QUEUE_TYPE", MEMORY)
+HOST = os.environ.get("BILLING_HOST", "127.0.0.1")
+PORT = int(os.environ.get("BILLING_PORT", "8081"))
+LEDGER_PORT = int(os.environ.get("LEDGER_PORT", "8082"))
 
 
 def invoice_for(order: OrderCreated) -> InvoiceIssued:
@@ -29,15 +35,25 @@ def invoice_for(order: OrderCreated) -> InvoiceIssued:
     )
 
 
-def billing_service(
-    queue_type: str = QUEUE_TYPE,
-) -> tuple[Consumer[OrderCreated], Producer[InvoiceIssued]]:
-    """The billing consumer of orders and the producer of invoices it sends through."""
-    orders = CONSUMER_LOOPS[queue_type](ORDERS_CREATED)
-    invoices = PRODUCERS[queue_type](BILLING_INVOICED)
+consumers = ConsumerFactory(QUEUE_TYPE, port=PORT, host=HOST)
+invoices = PRODUCERS[QUEUE_TYPE](
+    BILLING_INVOICED, **({"host": "127.0.0.1", "port": LEDGER_PORT} if QUEUE_TYPE == HTTP else {})
+)
 
-    @orders()
-    async def on_order(order: OrderCreated) -> None:
-        await invoices.send(invoice_for(order))
 
-    return orders, invoices
+@consumers.route(ORDERS_CREATED)
+async def on_order(order: OrderCreated) -> None:
+    await invoices.send(invoice_for(order))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="billing: %(message)s")
+    app = ConsumerRunner(
+        consumers=consumers.instances, handlers=consumers.handlers, port=PORT, host=HOST
+    )
+    app.on_shutdown.append(invoices.close)
+    app.run()
+
+
+if __name__ == "__main__":
+    main()

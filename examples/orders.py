@@ -1,16 +1,12 @@
-"""Orders service: places orders and follows the invoices billing issues for them."""
+"""Orders: the orders the demo places (examples/demo.py plays the orders service)."""
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 from datetime import UTC, datetime
 
-from generated import ORDERS_CREATED, Customer, LineItem, OrderCreated
-from streamtools import MEMORY, PRODUCERS, Producer
-
-QUEUE_TYPE = os.environ.get("QUEUE_TYPE", MEMORY)
+from generated import Customer, LineItem, OrderCreated
 
 
 def make_order(seq: int, rng: random.Random | None = None) -> OrderCreated:
@@ -30,8 +26,3 @@ def make_order(seq: int, rng: random.Random | None = None) -> OrderCreated:
         currency=rng.choice(["EUR", "USD", "GBP"]),
         created_at=datetime.now(UTC),
     )
-
-
-def orders_producer(queue_type: str = QUEUE_TYPE) -> Producer[OrderCreated]:
-    """The producer the orders service announces new orders with."""
-    return PRODUCERS[queue_type](ORDERS_CREATED)

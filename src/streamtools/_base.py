@@ -245,6 +245,21 @@ class Consumer(_Endpoint, Generic[T]):
         """True while the consumer takes messages: started and not closed."""
         return self._started and self._closing is None
 
+    @property
+    def connected(self) -> bool:
+        """True while the transport's connection is up (transports with one refine this)."""
+        return self._opened and self._closing is None
+
+    def health(self) -> dict[str, object]:
+        """This consumer's state for health checks: queue, transport, connected, consuming."""
+        return {
+            "queue": self.queue.name,
+            "transport": self.transport,
+            "connected": self.connected,
+            "consuming": self.serving,
+            "in_flight": self._inflight,
+        }
+
     def __call__(self, **options: object) -> Callable[[Handler[T]], Handler[T]]:
         """Register the decorated handler for this queue; returns it unchanged."""
         unknown = set(options) - self.route_options

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic
 
 from streamtools._base import Consumer, Producer
@@ -255,7 +255,12 @@ class ConsumerRunner:
         self.port = port
         self.host = host
         self.shutdown_timeout = shutdown_timeout
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+        """Called after the consumers stopped, e.g. a producer's `close`, like aiohttp's
+        `on_cleanup`: handlers may still send until then."""
         self._stop: asyncio.Event | None = None
+        self.health_port: int | None = None
+        """The port `GET /healthz` is served on once serving (None without `port`)."""
 
     def stop(self) -> None:
         """Ask a running `serve()` to stop gracefully (what SIGINT and SIGTERM do)."""
@@ -273,7 +278,10 @@ class ConsumerRunner:
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
+        stop_health: Callable[[], Awaitable[None]] | None = None
         try:
+            if self.port is not None:
+                stop_health = await self._serve_health()
             await self._start_all()
             await self._stop.wait()
             logger.info("stopping: finishing in-flight handlers")
@@ -281,6 +289,28 @@ class ConsumerRunner:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self._close_all()
+            if stop_health is not None:
+                await stop_health()
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """(healthy, report): healthy while every consumer is connected and consuming."""
+        states = [consumer.health() for consumer in self.consumers]
+        healthy = all(state["connected"] and state["consuming"] for state in states)
+        return healthy, {"status": "ok" if healthy else "unavailable", "consumers": states}
+
+    async def _serve_health(self) -> Callable[[], Awaitable[None]]:
+        # On the HTTP consumers' server when there are any; its own otherwise. Started first
+        # so that with port=0 every HTTP consumer shares the port it bound.
+        from streamtools.transports.http import serve_health
+
+        http = [c for c in self.consumers if _serves_http(type(c))]
+        ssl = getattr(http[0], "ssl", None) if http else None
+        self.health_port, stop = await serve_health(
+            self.health, host=self.host, port=self.port, ssl=ssl
+        )
+        for consumer in http:
+            consumer.port = self.health_port  # type: ignore[attr-defined]
+        return stop
 
     async def _start_all(self) -> None:
         for consumer in self.consumers:
@@ -301,9 +331,23 @@ class ConsumerRunner:
         for consumer, result in zip(self.consumers, results, strict=True):
             if isinstance(result, BaseException):
                 logger.error("closing %r failed: %s", consumer, result)
+        for callback in self.on_shutdown:
+            try:
+                await callback()
+            except Exception:
+                logger.exception("on_shutdown callback %r failed", callback)
 
     def run(self) -> None:
-        """Serve until SIGINT/SIGTERM; exit with status 1 if a consumer cannot start."""
+        """Serve until SIGINT/SIGTERM; exit with status 1 if a consumer cannot start.
+
+        Like Flask's `app.run()`, it logs to stderr at INFO when the application has not
+        configured logging itself.
+        """
+        if not logging.getLogger().handlers:
+            logging.basicConfig(
+                level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+            )
+            logging.getLogger("streamtools.runner").setLevel(logging.INFO)
         try:
             asyncio.run(self.serve())
         except StreamtoolsError as exc:

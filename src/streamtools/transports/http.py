@@ -27,7 +27,7 @@ import ssl as ssl_module
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -711,6 +711,8 @@ class _SharedServer:
     _site: web.TCPSite | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by a ConsumerRunner: /healthz then reports its consumers' states.
+    health_check: HealthCheck | None = None
 
     @classmethod
     def acquire(
@@ -827,6 +829,12 @@ class _SharedServer:
         if name == HEALTH_PATH:
             if method not in ("GET", "HEAD"):
                 return _error(405, "method_not_allowed", "/healthz answers GET", {"Allow": "GET"})
+            if self.health_check is not None:
+                healthy, report = self.health_check()
+                status = 200 if healthy and not self.stopping else 503
+                return web.Response(
+                    status=status, body=_json_encoder.encode(report), headers={"Content-Type": JSON}
+                )
             queues = sorted(
                 name
                 for name, methods in self.table.items()
@@ -851,6 +859,43 @@ class _SharedServer:
                 {"Allow": allow},
             )
         return await consumer._serve(request, method)
+
+
+HealthCheck = Callable[[], tuple[bool, Mapping[str, object]]]
+"""Returns (healthy, report): /healthz answers 200 or 503 with the report as JSON."""
+
+
+async def serve_health(
+    check: HealthCheck,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """Serve `GET /healthz` from `check` on host:port, sharing the server of HTTP consumers.
+
+    Returns the bound port (useful with port=0; HTTP consumers set to it share the server)
+    and a coroutine function that stops serving it.
+    """
+    server = _SharedServer.acquire(
+        _env_host(host), _env_port(port, allow_zero=True), _check_ssl(ssl), 2.0
+    )
+    server.health_check = check
+    try:
+        await server.start(shutdown_timeout=5.0)
+    except BaseException:
+        server.health_check = None
+        await server.release()
+        raise
+    if server.key is None:  # port=0: let consumers given the bound port share this server
+        server.key = (server.host, server.bound_port)
+        _servers.setdefault(asyncio.get_running_loop(), {})[server.key] = server
+
+    async def stop() -> None:
+        server.health_check = None
+        await server.release()
+
+    return server.bound_port, stop
 
 
 # -- consumer -----------------------------------------------------------------------------
@@ -951,6 +996,12 @@ class HTTPConsumer(Consumer[T]):
     def port(self) -> int:
         """The port served on: the bound one once started (useful with `port=0`)."""
         return self._server.bound_port if self._server is not None else self._port
+
+    @port.setter
+    def port(self, port: int) -> None:
+        if self._server is not None:
+            raise ConfigurationError(f"{self!r} is open; set its port before a_init()")
+        self._port = _env_port(port, allow_zero=True)
 
     @property
     def url(self) -> str:

@@ -710,6 +710,12 @@ class RabbitMQConsumer(Consumer[T]):
     def __repr__(self) -> str:
         return f"RabbitMQConsumer({self.queue.name!r}, url={self._settings.redacted!r})"
 
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up (it reconnects by itself when lost)."""
+        connection = self._link.connection
+        return super().connected and connection is not None and not connection.is_closed
+
     async def _open(self) -> None:
         link = self._link
         await link.open()
