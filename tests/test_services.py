@@ -262,7 +262,7 @@ async def test_seed_handler_factory_with_mixed_transports(rabbitmq_url: str) -> 
     finally:
         await delete_queues(rabbitmq_url, [rmq_queue])
     assert process.returncode == 0, out.decode()
-    assert "BRIDGED 20 via RMQIOHandler -> HTTPHandler" in out.decode()
+    assert "BRIDGED 20 via RMQIOHandler -> HTTPHandler" in out.decode(), out.decode()
 
 
 async def test_health_reports_a_consumer_that_is_down(tmp_path: Path) -> None:
