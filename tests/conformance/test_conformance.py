@@ -73,6 +73,25 @@ class Collector:
             pytest.fail(f"timed out after {WAIT} s waiting for {what}; got {len(self.messages)}")
 
 
+async def read_dead_letters(
+    harness: Harness, queue: Queue[Any], message_type: type[Any], count: int
+) -> list[tuple[Any, Metadata]]:
+    """Consume `count` messages from `<queue>.dlq` with the transport's own consumer."""
+    dead = Collector()
+    dlq = harness.consumer(Queue(f"{queue.name}.dlq", message_type))
+
+    @dlq()
+    async def handle_dead(msg: Any) -> None:
+        dead.add(msg)
+
+    await dlq.start()
+    try:
+        await dead.wait_for(lambda: len(dead.messages) == count, f"{count} in {queue.name}.dlq")
+    finally:
+        await dlq.close()
+    return dead.messages
+
+
 def test_every_transport_has_a_harness() -> None:
     from tests.conformance.conftest import HARNESSES
 
@@ -209,24 +228,15 @@ async def test_poison_message_is_dead_lettered_after_retry_limit(harness: Harnes
         got.add(msg)
 
     await consumer.start()
-    dead = Collector()
-    dlq = harness.consumer(Queue(f"{queue.name}.dlq", ConfMessage))
-
-    @dlq()
-    async def handle_dead(msg: ConfMessage) -> None:
-        dead.add(msg)
-
     try:
         async with harness.producer(queue) as producer:
             poison_id = await producer.send(make_message(0, tag="poison"))
             for i in range(1, 21):
                 await producer.send(make_message(i))
         await got.wait_for(lambda: len(got.seqs) == 20, "the 20 good messages")
-        await dlq.start()
-        await dead.wait_for(lambda: len(dead.messages) == 1, "the poison message in the DLQ")
+        [(msg, meta)] = await read_dead_letters(harness, queue, ConfMessage, 1)
     finally:
-        await asyncio.gather(consumer.close(), dlq.close())
-    msg, meta = dead.messages[0]
+        await consumer.close()
     assert msg.tag == "poison"
     assert meta.id == poison_id
     assert meta.headers["x-death-reason"] == "max-retries"
@@ -261,19 +271,7 @@ async def test_invalid_message_is_rejected_while_the_consumer_goes_on(harness: H
             await producer.send(make_message(2))
         await got.wait_for(lambda: got.seqs == {2}, "the valid message after the invalid one")
         if harness.capabilities.dead_letter:
-            dead = Collector()
-            dlq = harness.consumer(Queue(f"{queue.name}.dlq", dict[str, object]))
-
-            @dlq()
-            async def handle_dead(msg: dict[str, object]) -> None:
-                dead.add(msg)
-
-            await dlq.start()
-            try:
-                await dead.wait_for(lambda: len(dead.messages) == 1, "the invalid message in DLQ")
-            finally:
-                await dlq.close()
-            body, meta = dead.messages[0]
+            [(body, meta)] = await read_dead_letters(harness, queue, dict[str, object], 1)
             assert body == invalid
             assert meta.id == bad_id
             assert meta.headers["x-death-reason"] == "invalid"
