@@ -1,0 +1,79 @@
+"""A RabbitMQ consumer in its own process, for tests that SIGKILL it mid-work.
+
+Run as `python -m tests.support.consumer_child URL QUEUE JOURNAL --prefetch N --sleep S`.
+The handler appends `start <id>` to JOURNAL when it begins and `done <id>` only after its
+body (a sleep) completed; each line is one O_APPEND write, so a SIGKILL leaves whole lines.
+`ready` is written once the consumer is subscribed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+import msgspec
+
+from streamtools import CONSUMER_LOOPS, RMQ, Queue, current_metadata
+
+
+class Tick(msgspec.Struct, kw_only=True):
+    """The message of the resilience tests: a sequence number, so ids map to sends."""
+
+    seq: int
+
+
+def read_journal(path: Path) -> tuple[bool, list[str], list[str]]:
+    """(ready, ids started, ids done) from a child's journal, in the order written."""
+    ready, started, done = False, [], []
+    text = path.read_text() if path.exists() else ""
+    for line in text.splitlines():
+        event, _, ident = line.partition(" ")
+        if event == "ready":
+            ready = True
+        elif event == "start":
+            started.append(ident)
+        elif event == "done":
+            done.append(ident)
+    return ready, started, done
+
+
+async def serve(url: str, queue: str, journal: Path, prefetch: int, sleep: float) -> None:
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(line: str) -> None:
+        os.write(fd, f"{line}\n".encode())
+
+    consumer = CONSUMER_LOOPS[RMQ](
+        Queue(queue, Tick), url=url, prefetch=prefetch, max_retries=3, retry_delay=0.1
+    )
+
+    @consumer()
+    async def handle(msg: Tick) -> None:
+        ident = current_metadata().id
+        write(f"start {ident}")
+        await asyncio.sleep(sleep)
+        write(f"done {ident}")
+
+    await consumer.start()
+    write("ready")
+    try:
+        await consumer.run()  # until killed
+    finally:
+        os.close(fd)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("queue")
+    parser.add_argument("journal", type=Path)
+    parser.add_argument("--prefetch", type=int, default=20)
+    parser.add_argument("--sleep", type=float, default=0.3)
+    args = parser.parse_args()
+    asyncio.run(serve(args.url, args.queue, args.journal, args.prefetch, args.sleep))
+
+
+if __name__ == "__main__":
+    main()
