@@ -1,0 +1,24 @@
+"""The transport cases, sized for the run: `builders(quick)` lists them for benchmarks.run."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+from benchmarks import http, rabbitmq, rss
+from benchmarks.harness import Case
+
+
+def builders(quick: bool) -> list[Callable[[], list[Case]]]:
+    scale = 1 if quick else 4
+    found: list[Callable[[], list[Case]]] = [
+        lambda: rabbitmq.publish_cases(300 * scale, 5_000 * scale),
+        lambda: rabbitmq.consume_cases(5_000 * scale),
+        lambda: rabbitmq.latency_cases(200 * scale),
+    ]
+    if importlib.util.find_spec("streamtools.transports.http") is not None:
+        found.append(lambda: http.cases(2_000 * scale))
+    else:
+        print("(HTTP cases skipped: streamtools.transports.http is not there yet)")
+    found.append(lambda: rss.cases(10_000, 60_000 if quick else 200_000))
+    return found
