@@ -669,3 +669,88 @@ async def test_send_while_the_broker_is_unreachable_fails_after_send_timeout(
         assert "0.5 s" in str(info.value)
     finally:
         await producer.close()
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_ack_window_acks_exactly_the_finished_deliveries(
+    rabbitmq_url: str, seed: int
+) -> None:
+    """Batched acks on a real channel: finished in random order, some nacked on their own.
+
+    After the window drains and the channel closes, the broker must hold every delivery
+    that never finished (an ack covering unfinished work would lose it), none that was
+    rejected, and fewer than `spill` finished ones (those waiting behind an unfinished head
+    for a multiple=True ack: redelivered, as at-least-once allows). A double or unknown ack
+    would close the channel.
+    """
+    import random
+
+    from streamtools.transports.rabbitmq import _AckWindow
+
+    rnd = random.Random(seed)
+    count = 120
+    name = f"st-ackwin-{seed}-{time.monotonic_ns()}"
+    connection = await aio_pika.connect(rabbitmq_url)
+    try:
+        setup = await connection.channel()
+        await setup.declare_queue(name, auto_delete=False)
+        for n in range(count):
+            await setup.default_exchange.publish(aio_pika.Message(str(n).encode()), name)
+        channel = await connection.channel()
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_qos(prefetch_count=count)
+        tags: dict[int, int] = {}
+        all_in = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            tags[message.delivery.delivery_tag] = int(message.body)
+            if len(tags) == count:
+                all_in.set()
+
+        await underlay.basic_consume(name, on_message, no_ack=False)
+        async with asyncio.timeout(30):
+            await all_in.wait()
+        window = _AckWindow(underlay, spill=rnd.choice([1, 4, 16, 64]))
+        for tag in sorted(tags):
+            window.received(tag)
+        order = sorted(tags)
+        rnd.shuffle(order)
+        if seed % 2:  # mostly in order, with local swaps: the common case
+            order.sort(key=lambda t: t + rnd.randint(0, 8))
+        finished, dropped = set(), set()
+        for tag in order[: int(count * 0.7)]:
+            if rnd.random() < 0.1:
+                await underlay.basic_reject(tag, requeue=False)
+                window.settled(tag, nacked=True)
+                dropped.add(tags[tag])
+            else:
+                window.settled(tag)
+                finished.add(tags[tag])
+            if rnd.random() < 0.3:
+                await asyncio.sleep(0)
+        if window.flushing is not None:
+            await asyncio.wait([window.flushing])
+        await window.drain()
+        assert not underlay.is_closed, "an ack was refused: double or unknown delivery tag"
+        await channel.close()  # unacked deliveries go back to the queue
+
+        unfinished = set(range(count)) - finished - dropped
+        check = await connection.channel()
+        queue = await check.declare_queue(name, passive=True)
+        back: set[int] = set()
+        async with asyncio.timeout(30):
+            while not unfinished <= back:
+                message = await queue.get(no_ack=True, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.01)
+                    continue
+                back.add(int(message.body))
+        await asyncio.sleep(0.1)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            back.add(int(message.body))
+        assert unfinished <= back
+        assert not back & dropped
+        assert len(back - unfinished) < window.spill, (len(back - unfinished), window.spill)
+        await check.queue_delete(name)
+    finally:
+        await connection.close()

@@ -315,7 +315,7 @@ class _AckWindow:
         self.finished: set[int] = set()  # settled tags behind the head, not acked yet
         self.alone: set[int] = set()  # settled tags behind the head, acked one by one
         self.loose: list[int] = []  # of those, the ones whose single ack is not sent yet
-        self.ready = 0  # every tag <= ready is settled
+        self.ready = 0  # the last plainly settled tag of the settled prefix: the ack target
         self.acked = 0  # the tag last acked with multiple=True
         self.flushing: asyncio.Task[None] | None = None
 
@@ -327,15 +327,23 @@ class _AckWindow:
 
         `nacked`: the delivery was already nacked on its own, so it must never be acked
         singly (a multiple=True ack passing it is fine: it is no longer outstanding).
+
+        A multiple=True ack must name a tag that is still outstanding (RabbitMQ closes the
+        channel with PRECONDITION_FAILED otherwise), so `ready` only ever moves to a tag
+        settled plainly; tags settled on their own advance the prefix without becoming it.
         """
         pending, finished, alone = self.pending, self.finished, self.alone
         if pending and pending[0] == tag:
             pending.popleft()
-            self.ready = tag
+            if not nacked:
+                self.ready = tag
             while pending and (pending[0] in finished or pending[0] in alone):
-                self.ready = head = pending.popleft()
-                finished.discard(head)
-                alone.discard(head)
+                head = pending.popleft()
+                if head in finished:
+                    finished.discard(head)
+                    self.ready = head
+                else:
+                    alone.discard(head)
         elif nacked:
             alone.add(tag)
             return
