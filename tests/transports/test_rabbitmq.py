@@ -21,7 +21,7 @@ import aio_pika.abc
 import msgspec
 import pytest
 
-from streamtools import CONSUMER_LOOPS, PRODUCERS, RMQ, current_metadata
+from streamtools import CONSUMER_LOOPS, PRODUCERS, RMQ, Queue, current_metadata
 from streamtools.errors import (
     ConfigurationError,
     ConnectionError,
@@ -31,6 +31,7 @@ from streamtools.errors import (
 )
 from streamtools.transports.rabbitmq import RabbitMQConsumer, RabbitMQProducer
 from tests.conformance.harness_rabbitmq import delete_queues
+from tests.conftest import unique_name
 
 WAIT = 30.0  # bound for every wait; never a pass/fail timing threshold
 
@@ -754,3 +755,32 @@ async def test_ack_window_acks_exactly_the_finished_deliveries(
         await check.queue_delete(name)
     finally:
         await connection.close()
+
+
+async def test_producers_and_consumers_of_a_process_share_one_connection(
+    rabbitmq_url: str,
+) -> None:
+    names = [unique_name("st-share"), unique_name("st-share")]
+    got: list[int] = []
+    consumers = [RabbitMQConsumer(Queue(name, Order), url=rabbitmq_url) for name in names]
+    for consumer in consumers:
+
+        @consumer()
+        async def handle(msg: Order) -> None:
+            got.append(msg.seq)
+
+        await consumer.start()
+    producer = RabbitMQProducer(Queue(names[0], Order), url=rabbitmq_url)
+    try:
+        await producer.a_init()
+        shared = producer._link.connection
+        assert shared is not None
+        assert all(c._link.connection is shared for c in consumers)
+        await consumers[1].close()  # one goes: the others keep the connection
+        assert not shared.is_closed
+        await producer.send(order(1))
+        await wait_until(lambda: got == [1], "the message on the remaining consumer")
+    finally:
+        await asyncio.gather(producer.close(), *(c.close() for c in consumers))
+        await delete_queues(rabbitmq_url, names)
+    assert shared.is_closed  # the last one closed it

@@ -256,9 +256,10 @@ async def test_cut_connections_lose_nothing_confirmed(
         f"\n{ledger.summary(label)}; connections cut per cut: {cuts}; "
         f"connections refused while paused: {proxy.refused}"
     )
-    # The first cut comes with both connections live: the test did cut the consumer's too.
-    assert cuts[0] >= 2, f"the first cut should hit producer and consumer, hit {cuts[0]}"
-    assert proxy.accepted > 2, "nobody reconnected through the proxy"
+    # A process's producer and consumer share one connection (channels multiplexed on it),
+    # so the first cut, made while it is live, takes both down at once.
+    assert cuts[0] >= 1, "the first cut should hit the live connection"
+    assert proxy.accepted > 1, "nobody reconnected through the proxy"
     assert proxy.refused > 0, "nobody tried to reconnect while the proxy refused"
     assert ledger.lost() == set(), ledger.summary(label)
 

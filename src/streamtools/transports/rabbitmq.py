@@ -34,6 +34,7 @@ import logging
 import os
 import ssl as _ssl
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -401,31 +402,22 @@ class _Link:
         self._reply_channel: aiormq.abc.AbstractChannel | None = None
         self._reply_lock = asyncio.Lock()
         self.replies: dict[str, asyncio.Future[tuple[bytes, str]]] = {}
+        # Further channels of this producer or consumer, closed with it.
+        self.channels: list[aio_pika.abc.AbstractChannel] = []
 
     async def open(self) -> None:
         settings = self.settings
-        connection = aio_pika.RobustConnection(
-            settings.url,
-            ssl_context=settings.ssl,
-            client_properties={"connection_name": f"streamtools {self.role}"},
-            # A `?reconnect_interval=` in the url wins (aio-pika skips None keywords).
-            reconnect_interval=(
-                None if "reconnect_interval" in settings.url.query else _RECONNECT_INTERVAL
-            ),
-        )
+        connection = await _connections.acquire(settings, self.role)
         try:
-            with _map_errors(settings, f"{self.role}: connecting"):
+            with _map_errors(settings, f"{self.role}: opening a channel"):
                 async with asyncio.timeout(settings.connect_timeout):
-                    await connection.connect(timeout=settings.connect_timeout)
                     self.channel = await connection.channel(
                         publisher_confirms=True, on_return_raises=True
                     )
         except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await _connections.release(settings, connection)
             raise
         self.connection = connection
-        logger.debug("connected", extra={"role": self.role, "broker": settings.redacted})
 
     async def declare(self, topology: Sequence[tuple[str, dict[str, object]]]) -> None:
         """Declare durable queues on a throwaway channel: a 406 closes only that channel."""
@@ -529,14 +521,89 @@ class _Link:
 
     async def close(self) -> None:
         connection, self.connection = self.connection, None
+        channel, self.channel = self.channel, None
         for correlation_id, future in self.replies.items():
             if not future.done():
                 future.set_exception(
                     PublishError(f"request {correlation_id}: the {self.role} closed first")
                 )
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            # The connection is shared: close our channels (a closed consume channel returns
+            # its unacked deliveries to the queue), then let go of the connection.
+            for own in (*self.channels, channel):
+                if own is not None:
+                    with contextlib.suppress(Exception):
+                        await own.close()
+            self.channels.clear()
+            await _connections.release(self.settings, connection)
+
+
+class _Connections:
+    """One robust connection per (event loop, broker URL, TLS context), shared by reference.
+
+    Every producer and consumer of a process that talks to the same broker multiplexes its
+    channels over one TCP connection (what aio-pika recommends); the last to close it
+    closes it. A lost connection is re-established once for all of them.
+    """
+
+    def __init__(self) -> None:
+        self._shared: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, int], tuple[aio_pika.RobustConnection, int]]
+        ] = weakref.WeakKeyDictionary()
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @staticmethod
+    def _key(settings: _Settings) -> tuple[str, int]:
+        return str(settings.url), id(settings.ssl)
+
+    async def acquire(self, settings: _Settings, role: str) -> aio_pika.RobustConnection:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.setdefault(loop, asyncio.Lock())
+        async with lock:
+            per_loop = self._shared.setdefault(loop, {})
+            key = self._key(settings)
+            found = per_loop.get(key)
+            if found is not None and not found[0].is_closed:
+                per_loop[key] = (found[0], found[1] + 1)
+                return found[0]
+            connection = aio_pika.RobustConnection(
+                settings.url,
+                ssl_context=settings.ssl,
+                client_properties={"connection_name": f"streamtools pid {os.getpid()}"},
+                # A `?reconnect_interval=` in the url wins (aio-pika skips None keywords).
+                reconnect_interval=(
+                    None if "reconnect_interval" in settings.url.query else _RECONNECT_INTERVAL
+                ),
+            )
+            try:
+                with _map_errors(settings, f"{role}: connecting"):
+                    async with asyncio.timeout(settings.connect_timeout):
+                        await connection.connect(timeout=settings.connect_timeout)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                raise
+            per_loop[key] = (connection, 1)
+            logger.debug("connected", extra={"role": role, "broker": settings.redacted})
+            return connection
+
+    async def release(self, settings: _Settings, connection: aio_pika.RobustConnection) -> None:
+        loop = asyncio.get_running_loop()
+        per_loop = self._shared.get(loop, {})
+        key = self._key(settings)
+        found = per_loop.get(key)
+        if found is not None and found[0] is connection and found[1] > 1:
+            per_loop[key] = (connection, found[1] - 1)
+            return
+        if found is not None and found[0] is connection:
+            del per_loop[key]
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+
+_connections = _Connections()
 
 
 def _channel_closed(delivery: aio_pika.abc.AbstractIncomingMessage) -> bool:
@@ -828,7 +895,7 @@ class RabbitMQConsumer(Consumer[T]):
     def connected(self) -> bool:
         """True while the broker connection is up (it reconnects by itself when lost)."""
         connection = self._link.connection
-        return super().connected and connection is not None and not connection.is_closed
+        return super().connected and connection is not None and connection.connected.is_set()
 
     async def _open(self) -> None:
         link = self._link
@@ -840,6 +907,7 @@ class RabbitMQConsumer(Consumer[T]):
             with _map_errors(self._settings, f"opening consumer on {self.queue.name!r}"):
                 async with asyncio.timeout(self._settings.connect_timeout):
                     channel = await link.connection.channel(publisher_confirms=False)
+                    link.channels.append(channel)
                     self._consume_channel = channel
                     await channel.set_qos(prefetch_count=self.prefetch)
                     # Declared on the robust channel so that a reconnect re-declares the queue
