@@ -582,6 +582,33 @@ async def test_streamed_body_over_the_limit_gets_413(
         assert status == 204
 
 
+@pytest.mark.parametrize(("size", "status"), [(900, 204), (1100, 413)])
+async def test_chunked_body_that_arrived_whole_is_held_to_the_limit(
+    queue_name: str, size: int, status: int
+) -> None:
+    consumer = order_consumer(queue_name, max_body_size=1000)
+    consumer()(_noop)
+    body = order_json()
+    body += b" " * (size - len(body))  # JSON allows trailing whitespace
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:500], body[500:]))
+    async with serving(consumer):
+        reader, writer = await asyncio.open_connection("127.0.0.1", consumer.port)
+        try:
+            # One write: the whole body is there before the handler runs.
+            writer.write(
+                f"POST /{queue_name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + chunked
+                + b"0\r\n\r\n"
+            )
+            async with asyncio.timeout(WAIT):
+                answer = await reader.read()
+        finally:
+            writer.close()
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+
+
 async def test_healthz_lists_the_queues_served(client: aiohttp.ClientSession) -> None:
     port = free_port()
     names = sorted(unique_name("st-health") for _ in range(2))
@@ -1110,5 +1137,24 @@ async def test_request_without_a_reply_in_time_raises_reply_timeout(queue_name: 
         await asyncio.Event().wait()
 
     async with serving(consumer), producer_for(consumer) as producer:
-        with pytest.raises(ReplyTimeoutError, match="may still be handled"):
+        with pytest.raises(ReplyTimeoutError, match=r"within 0\.2 s .*may still be handled"):
             await producer.request(make_order(), reply_type=Receipt, timeout=0.2)
+
+
+async def test_request_timeout_bounds_the_retries_too(queue_name: str) -> None:
+    consumer = order_consumer(queue_name)
+    consumer()(_noop)
+
+    async def always(n: int) -> int:
+        return 503
+
+    async with (
+        serving(consumer),
+        front(consumer.url, always) as (url, seen),
+        producer_for(consumer, retries=1_000_000, max_retry_backoff=0.05) as producer,
+    ):
+        with pytest.raises(ReplyTimeoutError, match=r"within 0\.5 s \(retries included\)"):
+            async with asyncio.timeout(WAIT):
+                await producer.request(make_order(), reply_type=Receipt, timeout=0.5, endpoint=url)
+    assert len(seen) > 1  # it was retrying when the time ran out
+    assert len(set(seen)) == 1

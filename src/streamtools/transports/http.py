@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 import re
 import ssl as ssl_module
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -37,7 +38,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 from aiohttp.streams import StreamReader
-from multidict import MultiMapping
+from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from streamtools._base import Capabilities, Consumer, Producer, Route, backoff_delay, encode_reply
@@ -62,6 +63,7 @@ from streamtools.errors import (
     HandlerError,
     PublishError,
     ReplyTimeoutError,
+    StreamtoolsError,
     ValidationError,
 )
 
@@ -97,6 +99,7 @@ _CONTENT_TYPE_ALIASES: Final[Mapping[str, str]] = {
     "application/x-msgpack": MSGPACK,
     "application/vnd.msgpack": MSGPACK,
 }
+_EXACT_TYPES: Final = frozenset({JSON, MSGPACK})
 _json_encoder: Final = msgspec.json.Encoder()
 _json_decoder: Final = msgspec.json.Decoder()
 
@@ -227,34 +230,36 @@ def _now() -> str:
 # -- producer -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _map_errors(url: URL) -> Iterator[None]:
-    """The one place aiohttp client errors become streamtools errors."""
+def _client_error(exc: Exception, url: URL) -> StreamtoolsError:
+    """The one place aiohttp client errors become streamtools errors (raise it `from exc`)."""
     where = f"{url.host}:{url.port}"
-    try:
-        yield
-    except aiohttp.ClientSSLError as exc:
-        raise ConnectionError(
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return ConnectionError(
             f"TLS with the HTTP consumer at {where} failed: {exc}; check the ssl= context"
-        ) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise ConnectionError(
+        )
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectionError(
             f"timed out connecting to the HTTP consumer at {where}; is it running and reachable?"
-        ) from exc
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise ReplyTimeoutError(
+        )
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return ReplyTimeoutError(
             f"the HTTP consumer at {where} did not answer {url} in time; "
             "the message may still be handled"
-        ) from exc
-    except aiohttp.ClientConnectionError as exc:
-        raise ConnectionError(
+        )
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return ConnectionError(
             f"cannot reach the HTTP consumer at {where} ({type(exc).__name__}: {exc}); "
             "is it running?"
-        ) from exc
-    except aiohttp.InvalidURL as exc:
-        raise ConfigurationError(f"invalid HTTP endpoint {url}: {exc}") from exc
-    except aiohttp.ClientError as exc:
-        raise PublishError(f"HTTP exchange with {where} failed: {exc}") from exc
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ConfigurationError(f"invalid HTTP endpoint {url}: {exc}")
+    return PublishError(f"HTTP exchange with {where} failed: {exc}")
+
+
+def _client_timeout(total: float, connect: float) -> aiohttp.ClientTimeout:
+    # No rounding up to whole seconds (aiohttp's default above 5 s): request(timeout=) is a
+    # bound on the whole exchange and its first attempt relies on this timer alone.
+    return aiohttp.ClientTimeout(total=total, connect=connect, ceil_threshold=math.inf)
 
 
 def _retryable(exc: Exception) -> bool:
@@ -289,7 +294,9 @@ class _Target:
 
     url: URL
     method: str
-    headers: Mapping[str, str]
+    # Every header but ce-id and ce-time: copied per message (a C-level copy) and passed
+    # as a CIMultiDict, which aiohttp takes without converting it again.
+    headers: CIMultiDict[str]
     codec: Codec[Any]
 
 
@@ -352,10 +359,9 @@ class HTTPProducer(Producer[T]):
             path="/" + self.queue.name,
         )
         self._session: aiohttp.ClientSession | None = None
-        self._client_timeout = aiohttp.ClientTimeout(
-            total=self.timeout, connect=self.connect_timeout
-        )
+        self._client_timeout = _client_timeout(self.timeout, self.connect_timeout)
         self._targets: dict[tuple[object, str, HeadersPreset], _Target] = {}
+        self._default_target: _Target | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.queue.name!r}, endpoint={str(self.endpoint)!r})"
@@ -378,6 +384,11 @@ class HTTPProducer(Producer[T]):
 
     def _target(self, options: Mapping[str, object]) -> _Target:
         """The cached per-(endpoint, method, preset) request template for these options."""
+        if not options:
+            target = self._default_target
+            if target is None:
+                target = self._default_target = self._build_target(None, "POST", _presets["JSON"])
+            return target
         if not options.keys() <= _SEND_OPTIONS:
             unknown = ", ".join(sorted(set(options) - _SEND_OPTIONS))
             raise ConfigurationError(
@@ -432,10 +443,10 @@ class HTTPProducer(Producer[T]):
             headers["Content-Type"] = preset.content_type
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
-        return _Target(url, method, MappingProxyType(headers), codec)
+        return _Target(url, method, CIMultiDict(headers), codec)
 
     async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
-        await self._exchange(self._target(options), body, meta, None)
+        await self._exchange(self._target(options), body, meta, self._client_timeout, None)
 
     async def _request(
         self, body: bytes, meta: Metadata, timeout: float, options: Mapping[str, object]
@@ -444,13 +455,12 @@ class HTTPProducer(Producer[T]):
         client_timeout = (
             self._client_timeout
             if timeout == self.timeout
-            else aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout)
+            else _client_timeout(timeout, self.connect_timeout)
         )
         try:
-            async with asyncio.timeout(timeout):
-                status, reply, content_type = await self._exchange(
-                    target, body, meta, client_timeout
-                )
+            status, reply, content_type = await self._exchange(
+                target, body, meta, client_timeout, timeout
+            )
         except TimeoutError:
             raise ReplyTimeoutError(
                 f"no reply to message {meta.id} from {target.url} within {timeout} s "
@@ -465,33 +475,44 @@ class HTTPProducer(Producer[T]):
         target: _Target,
         body: bytes,
         meta: Metadata,
-        client_timeout: aiohttp.ClientTimeout | None,
+        client_timeout: aiohttp.ClientTimeout,
+        budget: float | None,
     ) -> tuple[int, bytes, str]:
-        """One message, retried: returns (status, body, content type) of a 2xx answer."""
+        """One message, retried: returns (status, body, content type) of a 2xx answer.
+
+        With a `budget` of seconds (request/reply) the whole exchange, retries and backoff
+        included, raises TimeoutError once it is spent. No timer of ours enforces it:
+        `client_timeout.total` is the budget, and each retry gets what is left of it.
+        """
         session = self._session
         if session is None or self.closed:
             raise ConfigurationError(f"{self!r} is closed; create a new one")
+        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
         url = target.url
         data: bytes | None = body
         if target.method == "GET":
             url = self._get_url(url, body)
             data = None
-        headers = {**target.headers, "ce-id": meta.id, "ce-time": meta.time}
+        headers = target.headers.copy()
+        headers["ce-id"] = meta.id
+        headers["ce-time"] = meta.time
         attempt = 0
         while True:
             attempt += 1
             try:
-                with _map_errors(url):
+                try:
                     async with session.request(
-                        target.method,
-                        url,
-                        data=data,
-                        headers=headers,
-                        timeout=client_timeout or self._client_timeout,
+                        target.method, url, data=data, headers=headers, timeout=client_timeout
                     ) as resp:
                         reply = await resp.read()
                         status = resp.status
-                        content_type = resp.content_type
+                        raw_type = resp.headers.get("Content-Type") if reply else JSON
+                        # The usual exact value skips aiohttp's parse of the header.
+                        content_type = raw_type if raw_type in _EXACT_TYPES else resp.content_type
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    if deadline is not None and type(exc) is TimeoutError:
+                        raise  # aiohttp's total timer: the budget is spent, _request says so
+                    raise _client_error(exc, url) from exc
                 if status >= 300:
                     raise self._delivery_error(target, url, status, reply)
                 return status, reply, content_type
@@ -506,7 +527,15 @@ class HTTPProducer(Producer[T]):
                     exc,
                     extra={"queue": self.queue.name, "message_id": meta.id, "attempt": attempt},
                 )
-                await asyncio.sleep(delay)
+                if deadline is None:
+                    await asyncio.sleep(delay)
+                    continue
+                loop = asyncio.get_running_loop()
+                await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError from None
+                client_timeout = _client_timeout(left, self.connect_timeout)
 
     @staticmethod
     def _get_url(url: URL, body: bytes) -> URL:
@@ -648,11 +677,19 @@ def _error_outcome(status: int, error: str, detail: str, **extra: str) -> _Outco
     return _Outcome(status, _json_encoder.encode({"error": error, "detail": detail, **extra}), JSON)
 
 
+_NO_CONTENT: Final = _Outcome(204, b"", "")
+_DUPLICATE: Final[Mapping[str, str]] = MappingProxyType({"x-streamtools-duplicate": "true"})
+
+
 def _response(outcome: _Outcome, headers: Mapping[str, str] | None = None) -> web.Response:
-    out = {"Content-Type": outcome.content_type} if outcome.body else {}
-    if headers:
-        out.update(headers)
-    return web.Response(status=outcome.status, body=outcome.body or None, headers=out)
+    if outcome.body:
+        return web.Response(
+            status=outcome.status,
+            body=outcome.body,
+            content_type=outcome.content_type,
+            headers=headers,
+        )
+    return web.Response(status=outcome.status, headers=headers)
 
 
 def _error(
@@ -808,7 +845,12 @@ class _SharedServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            response = await self._route(request)
+            found = self._route(request)
+            response = (
+                await found._serve(request, request.method)
+                if isinstance(found, HTTPConsumer)
+                else found
+            )
         except Exception:
             # A bug of ours; never let aiohttp answer with its own text body.
             logger.exception(
@@ -823,7 +865,8 @@ class _SharedServer:
             self._unread.add(request.content)
         return response
 
-    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _route(self, request: web.BaseRequest) -> HTTPConsumer[Any] | web.StreamResponse:
+        """The consumer serving this request, or the answer when none does."""
         name = request.path[1:]
         method = request.method
         if name == HEALTH_PATH:
@@ -858,7 +901,7 @@ class _SharedServer:
                 f"/{name} answers {allow}, not {method}",
                 {"Allow": allow},
             )
-        return await consumer._serve(request, method)
+        return consumer
 
 
 HealthCheck = Callable[[], tuple[bool, Mapping[str, object]]]
@@ -902,14 +945,18 @@ async def serve_health(
 
 
 class _Dedup:
-    """Outcomes of recently handled message ids (bounded LRU) and the ids being handled."""
+    """Outcomes of recently handled message ids (bounded LRU) and the ids being handled.
+
+    `running` maps an id being handled to None, or to a future once a duplicate of it
+    arrives and waits for the outcome: most messages never have one, so none is made.
+    """
 
     __slots__ = ("done", "running", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.done: OrderedDict[str, _Outcome] = OrderedDict()
-        self.running: dict[str, asyncio.Future[_Outcome]] = {}
+        self.running: dict[str, asyncio.Future[_Outcome] | None] = {}
 
     def get(self, key: str) -> _Outcome | None:
         outcome = self.done.get(key)
@@ -922,6 +969,13 @@ class _Dedup:
         self.done.move_to_end(key)
         if len(self.done) > self.size:
             self.done.popitem(last=False)
+
+    def waiter(self, key: str) -> asyncio.Future[_Outcome]:
+        """A future for the outcome of `key`, which is being handled."""
+        future = self.running[key]
+        if future is None:
+            future = self.running[key] = asyncio.get_running_loop().create_future()
+        return future
 
 
 _UNAVAILABLE: Final = _error_outcome(
@@ -1069,7 +1123,13 @@ class HTTPConsumer(Consumer[T]):
             reply_type = _accepted(headers.get("Accept"))
         else:
             raw_type = headers.get("Content-Type")
-            found = JSON if raw_type is None else _CONTENT_TYPE_ALIASES.get(request.content_type)
+            found = (
+                JSON
+                if raw_type is None
+                # The usual exact value skips aiohttp's parse of the header.
+                else _CONTENT_TYPE_ALIASES.get(raw_type)
+                or _CONTENT_TYPE_ALIASES.get(request.content_type)
+            )
             if found is None:
                 return _error(
                     415,
@@ -1098,18 +1158,30 @@ class HTTPConsumer(Consumer[T]):
         if dedup is not None:
             known = dedup.get(meta.id)
             if known is not None:
-                return _response(known, {"x-streamtools-duplicate": "true"})
+                return _response(known, _DUPLICATE)
         task = asyncio.current_task()
         assert task is not None  # aiohttp runs each request in a task
         self._tasks.add(task)
         self._delivery_started()
         try:
-            running = dedup.running.get(meta.id) if dedup is not None else None
-            if running is not None:
+            if dedup is None:
+                outcome, _ = await self._handle(request, method, meta, reply_type)
+            elif meta.id in dedup.running:
                 # The same message is being handled right now: answer with its outcome.
-                outcome = await asyncio.shield(running)
-                return _response(outcome, {"x-streamtools-duplicate": "true"})
-            return _response(await self._run(request, method, meta, reply_type, dedup))
+                outcome = await asyncio.shield(dedup.waiter(meta.id))
+                return _response(outcome, _DUPLICATE)
+            else:
+                dedup.running[meta.id] = None
+                outcome = _UNAVAILABLE
+                try:
+                    outcome, handled = await self._handle(request, method, meta, reply_type)
+                    if handled:  # bad input is not remembered: it never reached the handler
+                        dedup.remember(meta.id, outcome)
+                finally:
+                    waiter = dedup.running.pop(meta.id)
+                    if waiter is not None:
+                        waiter.set_result(outcome)
+            return _response(outcome)
         except asyncio.CancelledError:
             # close() timed out on this request: answer 503 (not handled, retry elsewhere).
             if self._aborting and task.uncancel() == 0:
@@ -1118,29 +1190,6 @@ class HTTPConsumer(Consumer[T]):
         finally:
             self._tasks.discard(task)
             self._delivery_done()
-
-    async def _run(
-        self,
-        request: web.BaseRequest,
-        method: str,
-        meta: Metadata,
-        reply_type: str,
-        dedup: _Dedup | None,
-    ) -> _Outcome:
-        if dedup is None:
-            outcome, _ = await self._handle(request, method, meta, reply_type)
-            return outcome
-        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        dedup.running[meta.id] = future
-        outcome = _UNAVAILABLE
-        try:
-            outcome, handled = await self._handle(request, method, meta, reply_type)
-            if handled:  # bad input is not remembered: it never reached the handler
-                dedup.remember(meta.id, outcome)
-        finally:
-            del dedup.running[meta.id]
-            future.set_result(outcome)
-        return outcome
 
     async def _handle(
         self, request: web.BaseRequest, method: str, meta: Metadata, reply_type: str
@@ -1151,7 +1200,14 @@ class HTTPConsumer(Consumer[T]):
             if method == "GET":
                 body = _converter(self.queue.message_type).to_json(request.query)
             else:
-                read = await self._read_body(request)
+                content = request.content
+                # Usually the whole body came with the headers: take it without awaiting
+                # (a client expecting 100-continue takes the path that answers it).
+                read = (
+                    self._buffered_body(content)
+                    if content.is_eof() and "Expect" not in request.headers
+                    else await self._read_body(request)
+                )
                 if read is None:
                     return self._too_large_outcome(), False
                 body = read
@@ -1170,7 +1226,7 @@ class HTTPConsumer(Consumer[T]):
             detail = f"the handler failed on message {meta.id}; see the consumer's log"
             return _error_outcome(500, "handler_failed", detail), True
         if reply is None:
-            return _Outcome(204, b"", ""), True
+            return _NO_CONTENT, True
         try:
             encoded = encode_reply(reply, reply_type)
         except Exception:
@@ -1204,6 +1260,14 @@ class HTTPConsumer(Consumer[T]):
         except Exception as exc:  # a cut upload, a broken Content-Encoding: aiohttp's many kinds
             raise DecodeError(f"cannot read the request body: {exc}") from exc
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _buffered_body(self, content: StreamReader) -> bytes | None:
+        """The body of a request read to its end already, or None when over the limit."""
+        try:
+            body = content.read_nowait()
+        except Exception as exc:  # a cut upload, a broken Content-Encoding
+            raise DecodeError(f"cannot read the request body: {exc}") from exc
+        return body if len(body) <= self.max_body_size else None
 
     def _too_large_outcome(self) -> _Outcome:
         return _error_outcome(
