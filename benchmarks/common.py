@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import uuid
@@ -18,6 +17,7 @@ from examples.orders import make_order
 from generated import OrderCreated
 from streamtools._codec import codec_for, new_metadata
 from streamtools.transports.rabbitmq import _properties
+from tests.support.queues import delete_queues as _delete_queues
 
 RMQ_URL = os.environ.get("RMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 WINDOW = 256  # in-flight publishes of the pipelined cases (streamtools and contenders alike)
@@ -69,19 +69,8 @@ async def depth(connection: aio_pika.abc.AbstractConnection, queue: str) -> int:
 
 
 async def delete_queues(names: list[str]) -> None:
-    """Delete `names` with the `.dlq` and `.retry.<n>` queues streamtools declares for them."""
-    connection = await aio_pika.connect(RMQ_URL, timeout=10)
-    try:
-        for name in names:
-            for target in [name, f"{name}.dlq", *(f"{name}.retry.{n}" for n in range(1, 11))]:
-                # A missing queue closes the channel: one channel per delete.
-                channel = await connection.channel()
-                with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                    await channel.queue_delete(target)
-                with contextlib.suppress(Exception):
-                    await channel.close()
-    finally:
-        await connection.close()
+    """Delete each queue with its `.dlq` and `.retry.<n>` queues (missing ones are fine)."""
+    await _delete_queues(RMQ_URL, names)
 
 
 async def windows(count: int, size: int, send: Callable[[int], Awaitable[object]]) -> None:

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from streamtools import HTTP, MEMORY, RMQ
-from tests.conformance.harness_rabbitmq import delete_queues
 from tests.conftest import RMQ_URL, eventually, free_port, unique_name
+from tests.support.queues import delete_queues
 
 ROOT = Path(__file__).parents[1]
 CLI = [sys.executable, "-m", "streamtools.cli"]

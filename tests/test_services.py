@@ -22,8 +22,8 @@ import pytest
 from generated import Customer, LineItem, OrderCreated
 from streamtools import HTTP, PRODUCERS, RMQ, DeliveryError, PublishError, Queue
 from streamtools import ConnectionError as StreamtoolsConnectionError
-from tests.conformance.harness_rabbitmq import delete_queues
 from tests.conftest import RMQ_URL, eventually, free_port, unique_name
+from tests.support.queues import delete_queues
 
 ROOT = Path(__file__).parents[1]
 WAIT = 60.0

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
-import aio_pika
 import pytest
+
+from tests.support.queues import delete_queues
 
 if TYPE_CHECKING:
     from tests.conformance.conftest import Harness
 
 HARNESS_NAME = "RMQIOHandler"
-
-# Retry queues are `<queue>.retry.<n>` for n up to a consumer's max_retries.
-_MAX_RETRY_QUEUES = 10
-
-
-async def delete_queues(url: str, names: list[str]) -> None:
-    """Delete every queue the transport may have declared for `names` (ignore missing ones)."""
-    targets: list[str] = []
-    for name in names:
-        for base in (name, f"{name}.dlq"):
-            targets.append(base)
-            targets.extend(f"{base}.retry.{n}" for n in range(1, _MAX_RETRY_QUEUES + 1))
-    connection = await aio_pika.connect(url)
-    try:
-        for target in dict.fromkeys(targets):
-            # A delete of a missing queue is a no-op on RabbitMQ, but a channel error closes
-            # the channel: one channel per delete keeps the others going.
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.queue_delete(target)
-            with contextlib.suppress(Exception):
-                await channel.close()
-    finally:
-        await connection.close()
 
 
 def make_harness(request: pytest.FixtureRequest) -> Harness:

@@ -12,9 +12,15 @@ MAX_RETRY_QUEUES = 10
 
 
 def declared_names(name: str) -> list[str]:
-    """Every queue the RabbitMQ transport may declare for queue `name`."""
-    names = [name, f"{name}.dlq"]
-    names += [f"{name}.retry.{n}" for n in range(1, MAX_RETRY_QUEUES + 1)]
+    """Every queue the RabbitMQ transport may declare for queue `name`.
+
+    A consumer of the dead-letter queue declares retry queues of its own, hence the
+    `<name>.dlq.retry.<n>` names too.
+    """
+    names = []
+    for base in (name, f"{name}.dlq"):
+        names.append(base)
+        names += [f"{base}.retry.{n}" for n in range(1, MAX_RETRY_QUEUES + 1)]
     return names
 
 

@@ -30,8 +30,8 @@ from streamtools.errors import (
     StreamtoolsError,
 )
 from streamtools.transports.rabbitmq import RabbitMQConsumer, RabbitMQProducer
-from tests.conformance.harness_rabbitmq import delete_queues
 from tests.conftest import unique_name
+from tests.support.queues import delete_queues
 
 WAIT = 30.0  # bound for every wait; never a pass/fail timing threshold
 
@@ -752,9 +752,9 @@ async def test_ack_window_acks_exactly_the_finished_deliveries(
         assert unfinished <= back
         assert not back & dropped
         assert len(back - unfinished) < window.spill, (len(back - unfinished), window.spill)
-        await check.queue_delete(name)
     finally:
         await connection.close()
+        await delete_queues(rabbitmq_url, [name])
 
 
 async def test_producers_and_consumers_of_a_process_share_one_connection(
