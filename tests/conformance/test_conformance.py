@@ -73,6 +73,20 @@ class Collector:
             pytest.fail(f"timed out after {WAIT} s waiting for {what}; got {len(self.messages)}")
 
 
+def collecting_consumer(
+    harness: Harness, queue: Queue[ConfMessage]
+) -> tuple[Consumer[ConfMessage], Collector]:
+    """A consumer (not started) whose handler records every message in the Collector."""
+    got = Collector()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        got.add(msg)
+
+    return consumer, got
+
+
 async def read_dead_letters(
     harness: Harness, queue: Queue[Any], message_type: type[Any], count: int
 ) -> list[tuple[Any, Metadata]]:
@@ -101,12 +115,7 @@ def test_every_transport_has_a_harness() -> None:
 
 async def test_publish_then_subscribe_delivers_all_intact(harness: Harness) -> None:
     queue = new_queue()
-    got = Collector()
-    consumer = harness.consumer(queue)
-
-    @consumer()
-    async def handle(msg: ConfMessage) -> None:
-        got.add(msg)
+    consumer, got = collecting_consumer(harness, queue)
 
     sent: dict[str, ConfMessage] = {}
     if harness.capabilities.queued:
@@ -248,12 +257,7 @@ async def test_poison_message_is_dead_lettered_after_retry_limit(harness: Harnes
 
 async def test_invalid_message_is_rejected_while_the_consumer_goes_on(harness: Harness) -> None:
     queue = new_queue()
-    got = Collector()
-    consumer = harness.consumer(queue)
-
-    @consumer()
-    async def handle(msg: ConfMessage) -> None:
-        got.add(msg)
+    consumer, got = collecting_consumer(harness, queue)
 
     await consumer.start()
     # An untyped producer on the same queue sends what a foreign or buggy peer might.
@@ -284,12 +288,7 @@ async def test_invalid_message_is_rejected_while_the_consumer_goes_on(harness: H
 
 async def test_sender_validates_before_anything_leaves(harness: Harness) -> None:
     queue = new_queue()
-    got = Collector()
-    consumer = harness.consumer(queue)
-
-    @consumer()
-    async def handle(msg: ConfMessage) -> None:
-        got.add(msg)
+    consumer, got = collecting_consumer(harness, queue)
 
     await consumer.start()
     try:
@@ -395,12 +394,7 @@ async def test_concurrent_close_is_safe_and_idempotent(harness: Harness) -> None
 
 async def test_run_serves_until_close(harness: Harness) -> None:
     queue = new_queue()
-    got = Collector()
-    consumer = harness.consumer(queue)
-
-    @consumer()
-    async def handle(msg: ConfMessage) -> None:
-        got.add(msg)
+    consumer, got = collecting_consumer(harness, queue)
 
     runner = asyncio.create_task(consumer.run())
     try:
