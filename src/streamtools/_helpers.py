@@ -15,14 +15,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic
 
 from streamtools._base import Consumer, Producer
+from streamtools._contracts import resolve_queue
 from streamtools._registry import CONSUMER_LOOPS, PRODUCERS
 from streamtools._types import Handler, Queue, T
 from streamtools.errors import ConfigurationError, StreamtoolsError
 
 logger = logging.getLogger("streamtools.runner")
-
-# Transports whose consumers serve on the runner's host and port.
-_SERVER_SETTINGS = ("host", "port")
 
 
 class HandleMsgs(Generic[T]):
@@ -195,11 +193,10 @@ class ConsumerFactory:
             for key, value in (("host", self.host), ("port", self.port)):
                 if value is not None:
                     settings[key] = value
-        consumer: Consumer[T] = self._consumer_cls(queue, message_type=message_type, **settings)
-        name = consumer.queue.name
-        existing = self.instances.get(name)
-        if existing is not None:
-            consumer = existing
+        contract = resolve_queue(queue, message_type)
+        name = contract.name
+        # A second route on the same queue (e.g. GET beside POST) adds to its consumer.
+        consumer: Consumer[T] = self.instances.get(name) or self._consumer_cls(contract, **settings)
         decorate = consumer(**options)
 
         def register(handler: Handler[T]) -> Handler[T]:
@@ -246,12 +243,10 @@ class ConsumerRunner:
                         f"{consumer!r} has no handler; route one or pass it in handlers="
                     )
                 consumer()(handler)
-            if _serves_http(type(consumer)):
-                # The runner's host and port win, so a service is configured in one place.
-                if host is not None:
-                    consumer.host = host  # type: ignore[attr-defined]
-                if port is not None:
-                    consumer.port = port  # type: ignore[attr-defined]
+            if _serves_http(type(consumer)) and host is not None:
+                # The runner's host wins (its port too: serve() moves HTTP consumers onto the
+                # port it serves /healthz on), so a service is configured in one place.
+                consumer.host = host  # type: ignore[attr-defined]
         self.port = port
         self.host = host
         self.shutdown_timeout = shutdown_timeout
