@@ -187,3 +187,27 @@ async def test_cli_run_then_send_over_http(tmp_path: Path) -> None:
             out, _ = await process.communicate()
     assert process.returncode == 0, out.decode()
     assert f"serving {name} on {HTTP}" in out.decode()
+
+
+def test_cli_run_overrides_keep_the_runners_shutdown_callbacks() -> None:
+    import argparse
+
+    from streamtools import CONSUMER_LOOPS, ConsumerRunner, Queue
+    from streamtools.cli import _runner_for
+
+    consumer = CONSUMER_LOOPS[HTTP](Queue(unique_name(), object), host="127.0.0.1", port=0)
+
+    async def handle(msg: object) -> None:
+        pass
+
+    async def close_producers() -> None:
+        pass
+
+    runner = ConsumerRunner([consumer], {consumer.queue.name: handle}, port=0, host="127.0.0.1")
+    runner.on_shutdown.append(close_producers)
+    overridden = _runner_for(
+        runner, argparse.Namespace(transport=None, host=None, port=free_port(), target="m:app")
+    )
+    assert overridden is not runner
+    assert overridden.port != 0
+    assert overridden.on_shutdown == [close_producers]

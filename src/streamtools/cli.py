@@ -116,7 +116,12 @@ def _load_target(target: str) -> object:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    target = _load_target(args.target)
+    _runner_for(_load_target(args.target), args).run()
+    return 0
+
+
+def _runner_for(target: object, args: argparse.Namespace) -> ConsumerRunner:
+    """The runner that serves `target` with the --transport/--host/--port overrides."""
     if isinstance(target, ConsumerFactory):
         factory = target
         if args.transport or args.port is not None or args.host:
@@ -130,18 +135,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         runner = target
         if args.port is not None or args.host:
             runner = ConsumerRunner(
-                runner.consumers,
-                port=args.port if args.port is not None else runner.port,
-                host=args.host or runner.host,
-                shutdown_timeout=runner.shutdown_timeout,
+                target.consumers,
+                port=args.port if args.port is not None else target.port,
+                host=args.host or target.host,
+                shutdown_timeout=target.shutdown_timeout,
             )
+            # The service's own cleanups (e.g. closing its producers) still run at the stop.
+            runner.on_shutdown = list(target.on_shutdown)
     else:
         raise ConfigurationError(
             f"{args.target} is a {type(target).__name__}; expected a ConsumerFactory "
             "or a ConsumerRunner"
         )
-    runner.run()
-    return 0
+    return runner
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
