@@ -21,7 +21,7 @@ import pytest
 
 from generated import Customer, LineItem, OrderCreated
 from streamtools import HTTP, PRODUCERS, RMQ, DeliveryError, PublishError, Queue
-from streamtools import ConnectionError as StreamtoolsConnectionError
+from streamtools import ConnectError as StreamtoolsConnectError
 from tests.conftest import RMQ_URL, eventually, free_port, unique_name
 from tests.support.queues import delete_queues
 
@@ -155,7 +155,7 @@ async def test_sigterm_mid_burst_over_http_answers_every_request(tmp_path: Path)
         async def send(n: int) -> None:
             try:
                 accepted.append(await producer.send(order(n)))
-            except (DeliveryError, StreamtoolsConnectionError) as exc:
+            except (DeliveryError, StreamtoolsConnectError) as exc:
                 refused.append(exc)
 
         async with producer:
@@ -169,7 +169,7 @@ async def test_sigterm_mid_burst_over_http_answers_every_request(tmp_path: Path)
     assert len(accepted) + len(refused) == 60
     assert sorted(accepted) == sorted(handled_ids(handled))  # nothing accepted went unhandled
     for exc in refused:
-        assert isinstance(exc, StreamtoolsConnectionError) or (
+        assert isinstance(exc, StreamtoolsConnectError) or (
             isinstance(exc, DeliveryError) and exc.status == 503
         ), exc
 

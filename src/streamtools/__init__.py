@@ -20,7 +20,7 @@ from streamtools._types import Handler, Queue
 from streamtools.errors import (
     CodecError,
     ConfigurationError,
-    ConnectionError,
+    ConnectError,
     DecodeError,
     DeliveryError,
     EncodeError,
@@ -42,7 +42,7 @@ __all__ = [
     "Capabilities",
     "CodecError",
     "ConfigurationError",
-    "ConnectionError",
+    "ConnectError",
     "Consumer",
     "ConsumerClass",
     "ConsumerFactory",

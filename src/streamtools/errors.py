@@ -2,7 +2,7 @@
 
     StreamtoolsError
     ├── ConfigurationError        a setting, option, registry name or topology is wrong
-    ├── ConnectionError           the transport could not connect, or lost its connection
+    ├── ConnectError              the transport could not connect, or lost its connection
     ├── PublishError              a message was not accepted by the broker or server
     │   ├── DeliveryError         the receiver answered with an error status (HTTP)
     │   └── ReplyTimeoutError     no reply to a request in time
@@ -22,7 +22,7 @@ from __future__ import annotations
 __all__ = [
     "CodecError",
     "ConfigurationError",
-    "ConnectionError",
+    "ConnectError",
     "DecodeError",
     "DeliveryError",
     "EncodeError",
@@ -43,7 +43,7 @@ class ConfigurationError(StreamtoolsError):
     """A setting, option, registry name or queue declaration is wrong; fix the configuration."""
 
 
-class ConnectionError(StreamtoolsError):
+class ConnectError(StreamtoolsError):
     """The transport could not reach its peer or lost the connection."""
 
 

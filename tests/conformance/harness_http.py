@@ -14,7 +14,7 @@ HARNESS_NAME = "HTTPHandler"
 
 
 def _producer_settings(consumer: Consumer[Any] | None) -> dict[str, object]:
-    # No consumer: a port nobody listens on, so a send fails with ConnectionError at once.
+    # No consumer: a port nobody listens on, so a send fails with ConnectError at once.
     port = free_port() if consumer is None else consumer.port  # type: ignore[attr-defined]
     return {"host": "127.0.0.1", "port": port, "retries": 1, "retry_backoff": 0.01}
 

@@ -28,7 +28,7 @@ from streamtools import (
     HTTP,
     PRODUCERS,
     ConfigurationError,
-    ConnectionError,
+    ConnectError,
     DeliveryError,
     EncodeError,
     Metadata,
@@ -855,7 +855,7 @@ async def test_no_server_raises_connection_error_naming_host_and_port() -> None:
         Queue("nobody", Order), host="127.0.0.1", port=port, retries=2, retry_backoff=0.01
     )
     async with producer:
-        with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}") as info:
+        with pytest.raises(ConnectError, match=f"127.0.0.1:{port}") as info:
             await producer.send(make_order())
     assert isinstance(info.value.__cause__, aiohttp.ClientConnectionError)
 
@@ -915,7 +915,7 @@ async def test_tls_round_trip_and_untrusted_certificate(
         async with producer_for(
             consumer, ssl=ssl.create_default_context(), retries=3
         ) as untrusting:
-            with pytest.raises(ConnectionError, match="TLS"):
+            with pytest.raises(ConnectError, match="TLS"):
                 await untrusting.send(make_order())
 
 

@@ -24,7 +24,7 @@ import pytest
 from streamtools import CONSUMER_LOOPS, PRODUCERS, RMQ, Queue, current_metadata
 from streamtools.errors import (
     ConfigurationError,
-    ConnectionError,
+    ConnectError,
     PublishError,
     ReplyTimeoutError,
     StreamtoolsError,
@@ -169,7 +169,7 @@ async def test_wrong_credentials_name_host_and_port_not_the_password(
     parts = urlsplit(rabbitmq_url)
     url = f"amqp://guest:wrong-pass-123@{parts.hostname}:{parts.port}/"
     producer = RabbitMQProducer(queue, url=url, connect_timeout=10)
-    with pytest.raises(ConnectionError) as info:
+    with pytest.raises(ConnectError) as info:
         async with asyncio.timeout(WAIT):
             await producer.a_init()
     message = str(info.value)
@@ -182,7 +182,7 @@ async def test_wrong_credentials_name_host_and_port_not_the_password(
 
 async def test_refused_port_is_a_connection_error_naming_host_and_port() -> None:
     consumer = RabbitMQConsumer("q", url="amqp://guest:pw-xyz@127.0.0.1:1/", connect_timeout=5)
-    with pytest.raises(ConnectionError) as info:
+    with pytest.raises(ConnectError) as info:
         async with asyncio.timeout(WAIT):
             await consumer.a_init()
     assert "127.0.0.1:1" in str(info.value)
@@ -199,7 +199,7 @@ async def test_silent_server_times_out_after_connect_timeout() -> None:
         producer = RabbitMQProducer(
             "q", url=f"amqp://guest:pw-abc@127.0.0.1:{port}/", connect_timeout=0.5
         )
-        with pytest.raises(ConnectionError) as info:
+        with pytest.raises(ConnectError) as info:
             async with asyncio.timeout(WAIT):
                 await producer.a_init()
         await producer.close()

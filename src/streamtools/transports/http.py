@@ -56,7 +56,7 @@ from streamtools._codec import (
 from streamtools._types import Queue, T
 from streamtools.errors import (
     ConfigurationError,
-    ConnectionError,
+    ConnectError,
     DecodeError,
     DeliveryError,
     EncodeError,
@@ -234,11 +234,11 @@ def _client_error(exc: Exception, url: URL) -> StreamtoolsError:
     """The one place aiohttp client errors become streamtools errors (raise it `from exc`)."""
     where = f"{url.host}:{url.port}"
     if isinstance(exc, aiohttp.ClientSSLError):
-        return ConnectionError(
+        return ConnectError(
             f"TLS with the HTTP consumer at {where} failed: {exc}; check the ssl= context"
         )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ConnectionError(
+        return ConnectError(
             f"timed out connecting to the HTTP consumer at {where}; is it running and reachable?"
         )
     if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
@@ -247,7 +247,7 @@ def _client_error(exc: Exception, url: URL) -> StreamtoolsError:
             "the message may still be handled"
         )
     if isinstance(exc, aiohttp.ClientConnectionError):
-        return ConnectionError(
+        return ConnectError(
             f"cannot reach the HTTP consumer at {where} ({type(exc).__name__}: {exc}); "
             "is it running?"
         )
@@ -266,9 +266,7 @@ def _retryable(exc: Exception) -> bool:
     if isinstance(exc, DeliveryError):
         return exc.status in _RETRY_STATUSES
     # A certificate or TLS mismatch does not heal by retrying.
-    return isinstance(exc, ConnectionError) and not isinstance(
-        exc.__cause__, aiohttp.ClientSSLError
-    )
+    return isinstance(exc, ConnectError) and not isinstance(exc.__cause__, aiohttp.ClientSSLError)
 
 
 def _query_text(value: object) -> str:
@@ -314,7 +312,7 @@ class HTTPProducer(Producer[T]):
     (`retry_backoff` doubling up to `max_retry_backoff` seconds), always with the same
     `ce-id`, so the consumer runs the handler once. Another error status raises
     DeliveryError with the status and the consumer's error body; no connection after the
-    retries raises ConnectionError.
+    retries raises ConnectError.
 
     Send options: `method="POST"|"GET"` (GET carries the message as query parameters:
     scalars as text, nested values as compact JSON), `endpoint=`, and `headers_tag=`
@@ -516,7 +514,7 @@ class HTTPProducer(Producer[T]):
                 if status >= 300:
                     raise self._delivery_error(target, url, status, reply)
                 return status, reply, content_type
-            except (ConnectionError, DeliveryError) as exc:
+            except (ConnectError, DeliveryError) as exc:
                 if attempt > self.retries or not _retryable(exc):
                     raise
                 delay = backoff_delay(attempt, self.retry_backoff, self.max_retry_backoff)

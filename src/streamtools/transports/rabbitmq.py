@@ -54,7 +54,7 @@ from streamtools._types import Queue, T
 from streamtools.errors import (
     CodecError,
     ConfigurationError,
-    ConnectionError,
+    ConnectError,
     HandlerError,
     PublishError,
     ReplyTimeoutError,
@@ -227,22 +227,22 @@ def _translate(exc: BaseException, settings: _Settings, what: str) -> Streamtool
     if isinstance(
         exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
     ):
-        return ConnectionError(
+        return ConnectError(
             f"{what}: {where} refused the login of user {settings.url.user!r} "
             f"({settings.redacted}); check RMQ_USER/RMQ_PASS or the url= credentials"
         )
     if isinstance(exc, TimeoutError):
-        return ConnectionError(
+        return ConnectError(
             f"{what}: no answer from {where} ({settings.redacted}) within "
             f"{settings.connect_timeout} s; check RMQ_HOST/RMQ_PORT or url=, and that "
             "RabbitMQ runs there"
         )
     if isinstance(exc, aiormq.exceptions.AMQPConnectionError | OSError):
-        return ConnectionError(
+        return ConnectError(
             f"{what}: cannot connect to {where} ({settings.redacted}): {_reason(exc)}; "
             "check RMQ_HOST/RMQ_PORT or url=, and that RabbitMQ runs there"
         )
-    return ConnectionError(f"{what}: {where} failed: {_reason(exc)}")
+    return ConnectError(f"{what}: {where} failed: {_reason(exc)}")
 
 
 def _reply_text(exc: BaseException) -> str:
@@ -424,7 +424,7 @@ class _Link:
         assert self.connection is not None
         transport = self.connection.transport
         if transport is None:
-            raise ConnectionError(f"{self.role}: not connected to {self.settings.address}")
+            raise ConnectError(f"{self.role}: not connected to {self.settings.address}")
         with _map_errors(self.settings, f"declaring queues for {topology[0][0]!r}"):
             async with asyncio.timeout(self.settings.connect_timeout):
                 channel = await transport.connection.channel(publisher_confirms=False)
