@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC := src generated tests examples benchmarks
+SRC := src tests examples benchmarks
 PYTEST_ARGS ?=
 
 .PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick clean
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 codegen: $(STAMP)
-	$(BIN)/streamtools codegen schemas generated
+	$(BIN)/streamtools codegen schemas examples/contracts
 
 format: $(STAMP)
 	$(BIN)/ruff format $(SRC)
@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 codegen-check: $(STAMP)
-	$(BIN)/streamtools codegen schemas generated --check
+	$(BIN)/streamtools codegen schemas examples/contracts --check
 
 check: lint typecheck codegen-check
 

@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 
 from benchmarks.harness import Case, Contender, Workload, time_ops
+from examples.contracts import OrderCreated
 from examples.orders import make_order
-from generated import OrderCreated
 from streamtools._codec import codec_for, new_metadata
 
 

@@ -13,8 +13,8 @@ import aio_pika.exceptions
 import aiormq.abc
 from pamqp.commands import Basic
 
+from examples.contracts import OrderCreated
 from examples.orders import make_order
-from generated import OrderCreated
 from streamtools._codec import codec_for, new_metadata
 from streamtools.transports.rabbitmq import _properties
 from tests.support.queues import delete_queues as _delete_queues

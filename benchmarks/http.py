@@ -20,7 +20,7 @@ from aiohttp import web
 
 from benchmarks.common import orders, unique
 from benchmarks.harness import Case, Contender, Workload
-from generated import OrderCreated
+from examples.contracts import OrderCreated
 
 
 class Receipt(msgspec.Struct, frozen=True):

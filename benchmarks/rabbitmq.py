@@ -29,7 +29,7 @@ from benchmarks.common import (
     wire,
 )
 from benchmarks.harness import Case, Contender, Workload
-from generated import OrderCreated
+from examples.contracts import OrderCreated
 from streamtools.transports.rabbitmq import RabbitMQConsumer, RabbitMQProducer
 
 _encoder = msgspec.json.Encoder()

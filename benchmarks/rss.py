@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.common import RMQ_URL, WINDOW, delete_queues, orders, unique
 from benchmarks.harness import Case, Contender, Workload
-from generated import OrderCreated
+from examples.contracts import OrderCreated
 
 MiB = 1024 * 1024
 TRANSPORTS = ("memory", "rabbitmq", "http")

@@ -13,7 +13,7 @@ import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from generated import BILLING_INVOICED, ORDERS_CREATED, InvoiceIssued, OrderCreated
+from examples.contracts import BILLING_INVOICED, ORDERS_CREATED, InvoiceIssued, OrderCreated
 from streamtools import HTTP, MEMORY, PRODUCERS, ConsumerFactory, ConsumerRunner
 
 QUEUE_TYPE = os.environ.get("QUEUE_TYPE", MEMORY)

@@ -17,8 +17,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from examples.contracts import BILLING_INVOICED, ORDERS_CREATED, InvoiceIssued
 from examples.orders import make_order
-from generated import BILLING_INVOICED, ORDERS_CREATED, InvoiceIssued
 from streamtools import (
     CONSUMER_LOOPS,
     HTTP,

@@ -6,7 +6,7 @@ import random
 import uuid
 from datetime import UTC, datetime
 
-from generated import Customer, LineItem, OrderCreated
+from examples.contracts import Customer, LineItem, OrderCreated
 
 
 def make_order(seq: int, rng: random.Random | None = None) -> OrderCreated:

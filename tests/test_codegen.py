@@ -22,14 +22,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from generated import ORDERS_CREATED, QUEUES, LineItem, OrderCreated
+from examples.contracts import ORDERS_CREATED, QUEUES, LineItem, OrderCreated
 from streamtools import Queue, registered_contracts
 from streamtools.codegen import CodegenError, check, generate, render
 from streamtools.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
-GENERATED = ROOT / "generated"
+GENERATED = ROOT / "examples" / "contracts"
 CASES = Path(__file__).resolve().parent / "codegen_cases"
 
 BASE: dict[str, Any] = {

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 import msgspec
 import pytest
 
-import generated
+from examples import contracts as generated
 from streamtools import (
     CONSUMER_LOOPS,
     MEMORY,

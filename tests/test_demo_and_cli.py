@@ -27,7 +27,13 @@ def run(
     return subprocess.run(
         list(args),
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        # the demo contracts live in examples/contracts, not in the default `generated`
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "STREAMTOOLS_CONTRACTS": "examples.contracts",
+            **(env or {}),
+        },
         input=stdin,
         capture_output=True,
         text=True,

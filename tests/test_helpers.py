@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from generated import ORDERS_CREATED, Customer, LineItem, OrderCreated
+from examples.contracts import ORDERS_CREATED, Customer, LineItem, OrderCreated
 from streamtools import (
     CONSUMER_LOOPS,
     MEMORY,

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from generated import Customer, LineItem, OrderCreated
+from examples.contracts import Customer, LineItem, OrderCreated
 from streamtools import HTTP, PRODUCERS, RMQ, DeliveryError, PublishError, Queue
 from streamtools import ConnectError as StreamtoolsConnectError
 from tests.conftest import RMQ_URL, eventually, free_port, unique_name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from generated import OrderCreated
+from examples.contracts import OrderCreated
 from streamtools import ConsumerFactory, ConsumerRunner, Queue, current_metadata
 
 QUEUE_TYPE = os.environ["QUEUE_TYPE"]
