@@ -75,9 +75,17 @@ def test_a_queue_carries_one_message_type() -> None:
         register_contracts({name: Queue(name, generated.OrderCreated)})
 
 
-def test_queue_needs_a_name() -> None:
-    with pytest.raises(ValueError, match="non-empty"):
-        Queue("", Point)
+@pytest.mark.parametrize("name", ["", "my payments queue", "1orders", "orders.", "a" * 201, "ü"])
+def test_queue_name_rule_is_one_for_every_transport(name: str) -> None:
+    # The rule codegen applies to x-queue, at run time: a name is a ConfigurationError
+    # (and a ValueError) before any transport sees it.
+    with pytest.raises(ConfigurationError, match="is not a queue name"):
+        Queue(name, Point)
+    for transport in ("MemoryHandler", "HTTPHandler", "RMQIOHandler"):
+        with pytest.raises(ValueError, match="is not a queue name"):
+            CONSUMER_LOOPS[transport](name)
+        with pytest.raises(ValueError, match="is not a queue name"):
+            PRODUCERS[transport](name)
 
 
 def test_codec_round_trip_keeps_real_types() -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import inspect
 import logging
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self
@@ -33,12 +33,16 @@ from streamtools.errors import (
     ConfigurationError,
     DecodeError,
     HandlerError,
+    PublishError,
     StreamtoolsError,
     UnsupportedError,
 )
 
 logger = logging.getLogger("streamtools")
 logger.addHandler(logging.NullHandler())
+
+# Bound on waiting for cancelled handlers that ignore their cancellation.
+_ABORT_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class Capabilities:
     redelivery: a handler that raised gets the message again (HTTP: the producer retries).
     dead_letter: poison and invalid messages end in `<queue>.dlq`.
     request_reply: `Producer.request` returns the handler's reply.
+    serves_port: see below.
     """
 
     queued: bool
@@ -57,16 +62,36 @@ class Capabilities:
     redelivery: bool
     dead_letter: bool
     request_reply: bool
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with full jitter for retry number `attempt` (1-based)."""
-    ceiling = min(maximum, initial * 2.0 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    serves_port: bool = False
+    """The consumer serves on a host and port of its own (HTTP): it has settable `host` and
+    `port` attributes and `mount(path, answer)` for the runner's endpoints (health)."""
 
 
 class _Endpoint(abc.ABC):
-    """Shared lifecycle: `a_init()` opens once, `close()` closes once, both safe to race."""
+    """Shared lifecycle: `a_init()` opens once, `close()` closes once, both safe to race.
+
+    A constructor keyword the class does not take is a ConfigurationError naming the class
+    and the keywords it accepts (not Python's bare TypeError), so a service that switches
+    the transport name learns at once which settings the new transport takes.
+    """
+
+    transport: ClassVar[str] = ""
+    settings: ClassVar[frozenset[str]] = frozenset()
+    """The constructor's keyword settings, read from its signature."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        cls.settings = frozenset(p.name for p in parameters if p.kind is p.KEYWORD_ONLY)
+
+    def __new__(cls, *args: object, **kwargs: object) -> Self:
+        unknown = kwargs.keys() - cls.settings
+        if unknown:
+            raise ConfigurationError(
+                f"{cls.__name__} ({cls.transport or 'no transport'}) takes no setting "
+                f"{', '.join(sorted(unknown))}; it accepts: {', '.join(sorted(cls.settings))}"
+            )
+        return super().__new__(cls)
 
     def __init__(self) -> None:
         self._opened = False
@@ -137,8 +162,6 @@ class Producer(_Endpoint, Generic[T]):
     registered contract of that name if there is one, else raw JSON).
     """
 
-    transport: ClassVar[str] = ""
-
     def __init__(
         self,
         queue: Queue[T] | str,
@@ -169,6 +192,41 @@ class Producer(_Endpoint, Generic[T]):
         meta = new_metadata(codec.type_name, self.source, codec.content_type)
         await self._send(body, meta, options)
         return meta.id
+
+    async def send_many(self, msgs: Iterable[T], **options: object) -> list[str]:
+        """Send every message concurrently; return their ids in order once all are accepted.
+
+        All messages are encoded and validated before any leaves. Raises PublishError naming
+        the messages that were not accepted (the others were); `options` apply to each.
+        """
+        if not self._opened:
+            await self.a_init()
+        codec = self._codec_for_send(options)
+        prepared = [
+            (
+                codec.encode(msg, validate=self.validate),
+                new_metadata(codec.type_name, self.source, codec.content_type),
+            )
+            for msg in msgs
+        ]
+        results = await asyncio.gather(
+            *(self._send(body, meta, options) for body, meta in prepared),
+            return_exceptions=True,
+        )
+        failed: list[tuple[int, str, Exception]] = []
+        for index, ((_, meta), result) in enumerate(zip(prepared, results, strict=True)):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                failed.append((index, meta.id, result))
+        if failed:
+            listed = "; ".join(f"#{i} {mid}: {exc}" for i, mid, exc in failed[:10])
+            more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
+            raise PublishError(
+                f"{len(failed)} of {len(prepared)} messages to {self.queue.name!r} were not "
+                f"accepted (the others were): {listed}{more}"
+            ) from failed[0][2]
+        return [meta.id for _, meta in prepared]
 
     async def request(
         self, msg: T, *, reply_type: type[R], timeout: float = 30.0, **options: object
@@ -216,7 +274,6 @@ class Consumer(_Endpoint, Generic[T]):
     `shutdown_timeout` seconds).
     """
 
-    transport: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
     route_options: ClassVar[frozenset[str]] = frozenset()
 
@@ -236,6 +293,7 @@ class Consumer(_Endpoint, Generic[T]):
         self._idle.set()
         self._started = False
         self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.queue.name!r})"
@@ -348,6 +406,11 @@ class Consumer(_Endpoint, Generic[T]):
         finally:
             _current.reset(token)
 
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        """Track a task handling a delivery: a shutdown timeout cancels it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _delivery_started(self) -> None:
         # Transports bracket each delivery (decode, handler, ack) so close() can drain it.
         self._inflight += 1
@@ -367,7 +430,15 @@ class Consumer(_Endpoint, Generic[T]):
         """Stop taking new messages; in-flight handlers go on."""
 
     async def _abort_inflight(self) -> None:
-        """Shutdown timed out: cancel what still runs so its messages are redelivered."""
+        """Shutdown timed out: cancel the tracked deliveries so their messages are redelivered.
+
+        Waits at most `_ABORT_GRACE` seconds for handlers that ignore their cancellation.
+        """
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_ABORT_GRACE)
 
 
 def encode_reply(reply: msgspec.Struct | None, content_type: str) -> bytes:

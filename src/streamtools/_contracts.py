@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from streamtools._types import Queue, T
+from streamtools._types import Queue, T, check_queue_name
 from streamtools.errors import ConfigurationError
 
 _contracts: dict[str, Queue[Any]] = {}
@@ -61,10 +61,9 @@ def resolve_queue(queue: Queue[T] | str, message_type: type[T] | None) -> Queue[
                 "drop message_type= or pass the queue name instead"
             )
         return queue
-    if not queue:
-        raise ConfigurationError(
-            f"queue must be a Queue contract or a non-empty name, got {queue!r}"
-        )
+    if not isinstance(queue, str):
+        raise ConfigurationError(f"queue must be a Queue contract or a name, got {queue!r}")
+    check_queue_name(queue)
     if message_type is not None:
         return Queue(queue, message_type)
     _autoload()

@@ -41,7 +41,8 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
-from streamtools._base import Capabilities, Consumer, Producer, Route, backoff_delay, encode_reply
+from streamtools._base import Capabilities, Consumer, Producer, Route, encode_reply
+from streamtools._delivery import backoff_delay
 from streamtools._codec import (
     CONTENT_TYPES,
     JSON,

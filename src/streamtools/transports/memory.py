@@ -13,19 +13,17 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
-from msgspec.structs import replace as replace_meta
-
-from streamtools._base import Capabilities, Consumer, Producer, Route, backoff_delay, encode_reply
+from streamtools._base import Capabilities, Producer
 from streamtools._codec import Metadata
+from streamtools._delivery import Incoming, QueuedConsumer
+from streamtools._settings import integer
 from streamtools._types import Queue, T
 from streamtools.errors import (
-    CodecError,
     ConfigurationError,
-    HandlerError,
-    PublishError,
     ReplyTimeoutError,
+    StreamtoolsError,
 )
 
 __all__ = ["MemoryBroker", "MemoryConsumer", "MemoryProducer", "memory_broker"]
@@ -42,7 +40,6 @@ class _Delivery:
     body: bytes
     meta: Metadata
     reply: asyncio.Future[tuple[bytes, str]] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class MemoryBroker:
@@ -53,9 +50,7 @@ class MemoryBroker:
     """
 
     def __init__(self, *, max_queue_size: int = 10_000) -> None:
-        if max_queue_size < 1:
-            raise ConfigurationError(f"max_queue_size must be >= 1, got {max_queue_size}")
-        self.max_queue_size = max_queue_size
+        self.max_queue_size = integer("MemoryBroker", "max_queue_size", max_queue_size, minimum=1)
         self._queues: dict[str, asyncio.Queue[_Delivery]] = {}
         self._timers: set[asyncio.Task[None]] = set()
 
@@ -80,27 +75,13 @@ class MemoryBroker:
             await asyncio.sleep(delay)
             await self._put(name, delivery)
 
+        if delay <= 0 and name.endswith(".dlq"):
+            self._queue(name).put_nowait(delivery)  # unbounded: never waits
+            return
+
         task = asyncio.get_running_loop().create_task(put_after_delay())
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
-
-    def _dead_letter(
-        self, name: str, delivery: _Delivery, error: BaseException, reason: str
-    ) -> None:
-        cause = error.__cause__ if isinstance(error, HandlerError) and error.__cause__ else error
-        headers = {
-            "x-death-reason": reason,
-            "x-error-type": type(cause).__name__,
-            "x-error-message": str(cause)[:1000],
-            "x-attempts": str(delivery.meta.attempt),
-            "x-original-queue": name,
-        }
-        dead = _Delivery(delivery.body, replace_meta(delivery.meta, headers=headers))
-        self._queue(f"{name}.dlq").put_nowait(dead)
-        if delivery.reply is not None and not delivery.reply.done():
-            delivery.reply.set_exception(
-                PublishError(f"message {delivery.meta.id} was dead-lettered ({reason}): {cause}")
-            )
 
 
 def memory_broker() -> MemoryBroker:
@@ -164,7 +145,47 @@ class MemoryProducer(Producer[T]):
             ) from None
 
 
-class MemoryConsumer(Consumer[T]):
+class _MemoryIncoming(Incoming):
+    """A delivery from the in-process broker: the policy's hooks on one `_Delivery`."""
+
+    __slots__ = ("broker", "delivery", "queue")
+
+    def __init__(self, broker: MemoryBroker, queue: str, delivery: _Delivery) -> None:
+        super().__init__(delivery.body, delivery.meta)
+        self.broker = broker
+        self.queue = queue
+        self.delivery = delivery
+
+    @property
+    def wants_reply(self) -> bool:
+        return self.delivery.reply is not None
+
+    async def publish(self, target: str, meta: Metadata, delay: float) -> None:
+        # A retry on its own queue keeps the requester waiting for its reply.
+        reply = self.delivery.reply if target == self.queue else None
+        self.broker._put_later(target, _Delivery(self.body, meta, reply), delay)
+
+    async def settle(self) -> None:
+        pass  # taken off the queue when received: nothing left to do
+
+    async def requeue(self) -> None:
+        self.broker._put_later(self.queue, self.delivery, 0)
+
+    def abandon(self) -> None:
+        self.broker._put_later(self.queue, self.delivery, 0)
+
+    async def reply(self, body: bytes, content_type: str) -> None:
+        future = self.delivery.reply
+        if future is not None and not future.done():
+            future.set_result((body, content_type))
+
+    def dead_lettered(self, error: StreamtoolsError) -> None:
+        future = self.delivery.reply
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+
+class MemoryConsumer(QueuedConsumer[T]):
     """Competing consumer on a queue of the in-process broker."""
 
     transport = "MemoryHandler"
@@ -184,19 +205,18 @@ class MemoryConsumer(Consumer[T]):
         shutdown_timeout: float = 30.0,
         broker: MemoryBroker | None = None,
     ) -> None:
-        super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
-        if max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        if max_retries < 0:
-            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
-        self.max_in_flight = max_in_flight
-        self.max_retries = max_retries
-        self.retry_delay = retry_delay
-        self.max_retry_delay = max_retry_delay
+        super().__init__(
+            queue,
+            message_type=message_type,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
+            shutdown_timeout=shutdown_timeout,
+        )
+        self.max_in_flight = integer(type(self).__name__, "max_in_flight", max_in_flight, minimum=1)
         self._broker = broker
         self._slots = asyncio.Semaphore(max_in_flight)
         self._loop_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _open(self) -> None:
         if self._broker is None:
@@ -206,82 +226,28 @@ class MemoryConsumer(Consumer[T]):
         self._loop_task = asyncio.get_running_loop().create_task(self._consume())
 
     async def _consume(self) -> None:
-        assert self._broker is not None
-        queue = self._broker._queue(self.queue.name)
-        route = self.routes[0]
-        loop = asyncio.get_running_loop()
+        broker = self._broker
+        assert broker is not None
+        name = self.queue.name
+        queue = broker._queue(name)
+        slots = self._slots
         while True:
-            await self._slots.acquire()
+            await slots.acquire()
             try:
                 delivery = await queue.get()
             except BaseException:
-                self._slots.release()
+                slots.release()
                 raise
-            self._delivery_started()
-            task = loop.create_task(self._deliver(route, delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._accept(_MemoryIncoming(broker, name, delivery))
 
-    async def _deliver(self, route: Route[T], delivery: _Delivery) -> None:
-        assert self._broker is not None
-        name = self.queue.name
-        try:
-            reply = await self._process(route, delivery.body, delivery.meta)
-        except CodecError as exc:
-            logger.warning(
-                "invalid message dead-lettered: %s",
-                exc,
-                extra={"queue": name, "message_id": delivery.meta.id},
-            )
-            self._broker._dead_letter(name, delivery, exc, "invalid")
-        except HandlerError as exc:
-            attempt = delivery.meta.attempt
-            if attempt > self.max_retries:
-                logger.error(
-                    "message dead-lettered after %d attempts: %s",
-                    attempt,
-                    exc.__cause__,
-                    extra={"queue": name, "message_id": delivery.meta.id},
-                )
-                self._broker._dead_letter(name, delivery, exc, "max-retries")
-            else:
-                delay = backoff_delay(attempt, self.retry_delay, self.max_retry_delay)
-                logger.info(
-                    "handler failed, retry %d in %.2f s: %s",
-                    attempt,
-                    delay,
-                    exc.__cause__,
-                    extra={"queue": name, "message_id": delivery.meta.id},
-                )
-                retry = replace(delivery, meta=replace_meta(delivery.meta, attempt=attempt + 1))
-                self._broker._put_later(name, retry, delay)
-        except asyncio.CancelledError:
-            # Shutdown timed out mid-handler: not acked, so the message goes back.
-            self._broker._put_later(name, delivery, 0)
-            raise
-        except Exception:
-            # A bug of ours must not lose the message: log it and put the message back.
-            logger.exception(
-                "delivery failed", extra={"queue": name, "message_id": delivery.meta.id}
-            )
-            self._broker._put_later(name, delivery, self.retry_delay)
-        else:
-            if delivery.reply is not None and not delivery.reply.done():
-                content_type = delivery.meta.content_type
-                delivery.reply.set_result((encode_reply(reply, content_type), content_type))
-        finally:
-            self._slots.release()
-            self._delivery_done()
+    def _delivery_done(self) -> None:
+        self._slots.release()
+        super()._delivery_done()
 
     async def _stop_intake(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-
-    async def _abort_inflight(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _close(self) -> None:
         pass

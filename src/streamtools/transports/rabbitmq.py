@@ -48,7 +48,8 @@ import aiormq.exceptions
 import msgspec
 from yarl import URL
 
-from streamtools._base import Capabilities, Consumer, Producer, Route, backoff_delay, encode_reply
+from streamtools._base import Capabilities, Consumer, Producer, Route, encode_reply
+from streamtools._delivery import backoff_delay
 from streamtools._codec import JSON, Metadata, new_metadata, type_name
 from streamtools._types import Queue, T
 from streamtools.errors import (

@@ -1,0 +1,298 @@
+"""The delivery policy of queued transports: what happens to a received message, once.
+
+A transport hands each received message to `QueuedConsumer._accept` as an `Incoming`,
+whose few hooks are all the transport implements: publish a copy to a queue (after a delay),
+settle, requeue, reply. Everything else is decided here, the same for every transport:
+
+- the body is decoded into the queue's type and the handler runs (`Consumer._process`);
+- handler returned: the reply is sent (request/reply), then the message is settled;
+- handler raised: a copy with the attempt counted up goes back to the queue after a backoff
+  delay with full jitter (`retry_delay` doubling up to `max_retry_delay`), until
+  `max_retries` retries are spent; then the message is dead-lettered (`max-retries`);
+- the body does not decode or breaks the schema: dead-lettered at once (`invalid`);
+- dead-lettering publishes a copy to `<queue>.dlq` with the headers `x-death-reason`,
+  `x-error-type`, `x-error-message`, `x-attempts` and `x-original-queue`, its attempt reset
+  to 1 (it counts deliveries from the DLQ);
+- on a consumer of a `.dlq` nothing is dead-lettered further and nothing retried through
+  retry queues: a message its handler fails on (or cannot decode) goes back to the tail of
+  the same DLQ after the backoff delay, its dead-letter headers unchanged (they say why it
+  came there) and its attempt counted up;
+- a copy is confirmed before the original is settled, so a crash in between duplicates and
+  never loses; when the delivery itself is gone (its channel closed) the policy stops, as
+  the broker redelivers it anyway;
+- a failure of streamtools itself (a bug, a broker refusing the copy): the message is
+  requeued after `retry_delay`, never dropped;
+- shutdown: in-flight deliveries are tracked; when `shutdown_timeout` passes they are
+  cancelled and left unsettled (`Incoming.abandon`), so the broker redelivers them.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Coroutine
+from typing import Any, Final
+
+import msgspec
+
+from streamtools._base import Consumer, Route, encode_reply
+from streamtools._binding import carried
+from streamtools._codec import Metadata
+from streamtools._settings import integer, retry_delays
+from streamtools._types import Queue, T
+from streamtools.errors import (
+    CodecError,
+    HandlerError,
+    PublishError,
+    StreamtoolsError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "DEAD_LETTER_SUFFIX",
+    "DeliveryLost",
+    "Incoming",
+    "QueuedConsumer",
+    "backoff_delay",
+    "dead_letter_queue",
+]
+
+logger = logging.getLogger("streamtools.delivery")
+logger.addHandler(logging.NullHandler())
+
+DEAD_LETTER_SUFFIX: Final = ".dlq"
+_MAX_ERROR_MESSAGE: Final = 1000
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with full jitter for retry number `attempt` (1-based).
+
+    The ceiling doubles from `initial` and never passes `maximum`; the delay is drawn from
+    the upper half of it, so retries of many messages spread out but never come early.
+    """
+    ceiling = min(maximum, initial * 2.0 ** min(attempt - 1, 64))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def dead_letter_queue(name: str) -> str:
+    """Where `name`'s poison and invalid messages go: `<name>.dlq` (a DLQ keeps its own)."""
+    return name if name.endswith(DEAD_LETTER_SUFFIX) else f"{name}{DEAD_LETTER_SUFFIX}"
+
+
+class DeliveryLost(Exception):
+    """The delivery being settled is gone (its channel closed): the broker redelivers it."""
+
+
+class Incoming(abc.ABC):
+    """One received message, as a transport hands it to the delivery policy.
+
+    `body` and `meta` are what arrived (`meta` read with the transport's header binding).
+    The hooks act on this delivery; each returns once the broker has done it.
+    """
+
+    __slots__ = ("body", "meta")
+
+    def __init__(self, body: bytes, meta: Metadata) -> None:
+        self.body = body
+        self.meta = meta
+
+    @property
+    def wants_reply(self) -> bool:
+        """Whether the sender waits for the handler's reply (request/reply)."""
+        return False
+
+    @abc.abstractmethod
+    async def publish(self, target: str, meta: Metadata, delay: float) -> None:
+        """Publish this body with `meta` to queue `target`, visible after `delay` seconds.
+
+        Raise DeliveryLost when this delivery is gone meanwhile (a copy would duplicate it).
+        """
+
+    @abc.abstractmethod
+    async def settle(self) -> None:
+        """The message is done: acknowledge it."""
+
+    @abc.abstractmethod
+    async def requeue(self) -> None:
+        """Give the message back to its queue unchanged, for another delivery."""
+
+    def abandon(self) -> None:
+        """Shutdown cancelled the handler: leave the message for redelivery (the default:
+        unsettled deliveries go back when the transport closes)."""
+        return
+
+    async def reply(self, body: bytes, content_type: str) -> None:
+        """Send the handler's encoded reply to the requester."""
+        raise UnsupportedError("this transport has no replies")
+
+    def dead_lettered(self, error: StreamtoolsError) -> None:
+        """The message was dead-lettered; a transport may tell a waiting requester."""
+        return
+
+
+class QueuedConsumer(Consumer[T]):
+    """The base of queued transports (memory, RabbitMQ, Kafka): the policy above, once.
+
+    A subclass receives messages and calls `_accept(incoming)` for each; it declares the
+    queues `retry_stages` says it needs (0 on a DLQ consumer) and implements the hooks.
+    """
+
+    def __init__(
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        max_retries: int = 3,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
+        owner = type(self).__name__
+        self.max_retries = integer(owner, "max_retries", max_retries, minimum=0)
+        self.retry_delay, self.max_retry_delay = retry_delays(owner, retry_delay, max_retry_delay)
+        name = self.queue.name
+        self.dead_letter_queue = dead_letter_queue(name)
+        self.is_dead_letter_queue = self.dead_letter_queue == name
+
+    @property
+    def retry_stages(self) -> int:
+        """How many delayed-retry stages the queue needs (none for a DLQ consumer)."""
+        return 0 if self.is_dead_letter_queue else self.max_retries
+
+    def _accept(self, incoming: Incoming) -> None:
+        """Take one received message: handled in a task of its own, tracked for shutdown.
+
+        Our own task, not the client library's: a lost connection must not cancel a running
+        handler.
+        """
+        self._delivery_started()
+        self._spawn(self._deliver(self.routes[0], incoming))
+
+    async def _deliver(self, route: Route[T], incoming: Incoming) -> None:
+        meta = incoming.meta
+        try:
+            try:
+                reply = await self._process(route, incoming.body, meta)
+            except CodecError as exc:
+                await self._failed(incoming, exc, invalid=True)
+            except HandlerError as exc:
+                await self._failed(incoming, exc, invalid=False)
+            else:
+                if incoming.wants_reply:
+                    await self._reply(incoming, reply)
+            await incoming.settle()
+        except asyncio.CancelledError:
+            incoming.abandon()
+            raise
+        except DeliveryLost:
+            logger.info(
+                "connection lost mid-delivery; the broker redelivers the message",
+                extra=self._log_extra(meta),
+            )
+        except Exception:
+            # A failure of ours (e.g. a copy the broker refused): requeue after a pause rather
+            # than lose the message or spin on it.
+            logger.exception("delivery failed; requeueing", extra=self._log_extra(meta))
+            await asyncio.sleep(self.retry_delay)
+            with contextlib.suppress(Exception):
+                await incoming.requeue()
+        finally:
+            self._delivery_done()
+
+    async def _failed(
+        self, incoming: Incoming, error: CodecError | HandlerError, *, invalid: bool
+    ) -> None:
+        meta = incoming.meta
+        cause = _cause(error)
+        if self.is_dead_letter_queue:
+            delay = backoff_delay(meta.attempt, self.retry_delay, self.max_retry_delay)
+            logger.error(
+                "handler failed on a dead-lettered message; back to the tail of %s in %.2f s: %s",
+                self.queue.name,
+                delay,
+                cause,
+                extra=self._log_extra(meta),
+            )
+            again = msgspec.structs.replace(
+                meta, attempt=meta.attempt + 1, headers=carried(meta.headers)
+            )
+            await incoming.publish(self.queue.name, again, delay)
+        elif invalid:
+            logger.warning("invalid message dead-lettered: %s", error, extra=self._log_extra(meta))
+            await self._dead_letter(incoming, cause, "invalid")
+        elif meta.attempt > self.max_retries:
+            logger.error(
+                "message dead-lettered after %d attempts: %s",
+                meta.attempt,
+                cause,
+                extra=self._log_extra(meta),
+            )
+            await self._dead_letter(incoming, cause, "max-retries")
+        else:
+            delay = backoff_delay(meta.attempt, self.retry_delay, self.max_retry_delay)
+            logger.info(
+                "handler failed, retry %d in %.2f s: %s",
+                meta.attempt,
+                delay,
+                cause,
+                extra=self._log_extra(meta),
+            )
+            again = msgspec.structs.replace(
+                meta, attempt=meta.attempt + 1, headers=carried(meta.headers)
+            )
+            await incoming.publish(self.queue.name, again, delay)
+
+    async def _dead_letter(self, incoming: Incoming, cause: BaseException, reason: str) -> None:
+        meta = incoming.meta
+        headers = carried(meta.headers)
+        headers.update(
+            {
+                "x-death-reason": reason,
+                "x-error-type": type(cause).__name__,
+                "x-error-message": str(cause)[:_MAX_ERROR_MESSAGE],
+                "x-attempts": str(meta.attempt),
+                "x-original-queue": self.queue.name,
+            }
+        )
+        dead = msgspec.structs.replace(meta, attempt=1, headers=headers)
+        await incoming.publish(self.dead_letter_queue, dead, 0.0)
+        incoming.dead_lettered(
+            PublishError(
+                f"message {meta.id} was dead-lettered to {self.dead_letter_queue!r} "
+                f"({reason}): {cause}"
+            )
+        )
+
+    async def _reply(self, incoming: Incoming, reply: object) -> None:
+        meta = incoming.meta
+        if reply is not None and not isinstance(reply, msgspec.Struct):
+            logger.error(
+                "handler returned %s, not a Struct; replying null",
+                type(reply).__name__,
+                extra=self._log_extra(meta),
+            )
+            reply = None
+        body = encode_reply(reply, meta.content_type)
+        try:
+            await incoming.reply(body, meta.content_type)
+        except StreamtoolsError as exc:
+            # A requester that gave up is no reason to fail the delivery.
+            logger.warning("reply not sent: %s", exc, extra=self._log_extra(meta))
+
+    def _log_extra(self, meta: Metadata) -> dict[str, object]:
+        return {"queue": self.queue.name, "message_id": meta.id, "attempt": meta.attempt}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._track(task)
+
+
+def _cause(error: BaseException) -> BaseException:
+    # What the dead-letter headers and logs name: the handler's own exception.
+    if isinstance(error, HandlerError) and error.__cause__ is not None:
+        return error.__cause__
+    return error
