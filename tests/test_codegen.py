@@ -2,7 +2,7 @@
 
 The mappings are checked by decoding JSON into a package generated from
 `tests/codegen_cases/` (imported under a unique name from a temporary directory); the
-committed `generated/` package is checked to be current with `schemas/`.
+committed `examples/contracts/` package is checked to be current with `schemas/`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -187,6 +189,49 @@ def test_fields_named_like_types_and_nested_timestamps(cases: ModuleType) -> Non
         msgspec.json.decode(b'{"date":"2024-05-01","count":3}', type=cases.EdgeNames)
 
 
+_STRICT_ID = "6f1c1f43-8b5e-4a51-9d0c-2b1f5c7a9e10"
+
+
+def _strict(cases: ModuleType, **fields: Any) -> Any:
+    return msgspec.json.decode(json.dumps({"id": _STRICT_ID, **fields}), type=cases.StrictMaps)
+
+
+def test_additional_properties_false_rejects_unknown_fields_by_name(cases: ModuleType) -> None:
+    assert _strict(cases).id == uuid.UUID(_STRICT_ID)
+    with pytest.raises(msgspec.ValidationError, match=r"^Object contains unknown field `colour`$"):
+        _strict(cases, colour="red")
+    with pytest.raises(msgspec.ValidationError, match=r"unknown field `z` - at `\$\.closed`"):
+        _strict(cases, closed={"x": 1, "z": 2})
+    with pytest.raises(msgspec.ValidationError, match=r"unknown field `z` - at `\$\.points\[\.\.\.\]`"):
+        _strict(cases, points={"a": {"x": 1, "y": 2, "z": 3}})
+    # additionalProperties true (or absent) keeps the default: unknown fields are accepted
+    assert _strict(cases, open={"x": 1, "z": 2}).open.x == 1
+    assert _decode(cases, extra_field="ignored").id == uuid.UUID(BASE["id"])
+
+
+def test_typed_maps_decode_to_dicts_with_checked_values(cases: ModuleType) -> None:
+    msg = _strict(
+        cases,
+        labels={"a": "x", "b": "yyyyy"},
+        counts={"n": 0},
+        stamps={"t": "2024-05-01T12:00:00+02:00"},
+        points={"p": {"x": 1.5, "y": 2}},
+    )
+    assert msg.labels == {"a": "x", "b": "yyyyy"}
+    assert msg.counts == {"n": 0}
+    assert msg.stamps["t"] == dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC)
+    assert msg.points["p"] == cases.Point(x=1.5, y=2.0)
+    for bad, where in (
+        ({"labels": {"a": "toolong"}}, r"\$\.labels\[\.\.\.\]"),
+        ({"counts": {"n": -1}}, r"\$\.counts\[\.\.\.\]"),
+        ({"counts": {"n": "1"}}, r"\$\.counts\[\.\.\.\]"),
+        ({"stamps": {"t": "2024-05-01T12:00:00"}}, r"\$\.stamps\[\.\.\.\]"),
+        ({"points": {"p": {"x": 1}}}, r"\$\.points\[\.\.\.\]"),
+    ):
+        with pytest.raises(msgspec.ValidationError, match=where):
+            _strict(cases, **bad)
+
+
 def test_structs_are_keyword_only(cases: ModuleType) -> None:
     with pytest.raises(TypeError):
         cases.Inline(True)
@@ -202,9 +247,15 @@ def test_package_exports_structs_queues_and_registers_them(cases: ModuleType) ->
         "AllTypes",
         "AuditLogged",
         "CODEGEN_CASES_ALL_TYPES",
+        "Closed",
+        "CountsAdditionalProperty",
         "EdgeNames",
         "Inline",
+        "LabelsAdditionalProperty",
+        "Open",
+        "Point",
         "QUEUES",
+        "StrictMaps",
     }  # Inner is defined by two schemas, so the package cannot re-export one of them
     assert all(hasattr(cases, name) for name in cases.__all__)
     queue = cases.CODEGEN_CASES_ALL_TYPES
@@ -288,12 +339,16 @@ def _obj(**extra: Any) -> dict[str, Any]:
         ('{"title": "Bad", "type": "object",', "invalid JSON at line 1"),
         (json.dumps({"title": "Bad", "type": "string"}), "not an object schema"),
         (json.dumps([_OK]), "not an object schema"),
-        (json.dumps({"type": "object", "properties": {"a": {}}}), "missing title"),
-        (json.dumps(_obj(title="not a class")), "is not a usable class name"),
+        (json.dumps({"type": "object", "properties": {"a": {}}}), "missing title at #"),
+        (json.dumps(_obj(title="not a class")), "at #/title is not a usable class name"),
         (json.dumps(_obj(title="Queue")), "is not a usable class name"),
-        (json.dumps(_obj(**{"x-queue": "9 bad"})), "is not a queue name"),
-        (json.dumps({**_OK, "title": "Ok"}), "title 'Ok' is already used by a_ok.json"),
-        (json.dumps(_obj(**{"x-queue": "ok.q"})), "x-queue 'ok.q' is already used by a_ok.json"),
+        (json.dumps(_obj(**{"x-queue": "9 bad"})), "at #/x-queue is not a queue name"),
+        (json.dumps(_obj(**{"x-queue": "a" * 201})), "at #/x-queue is not a queue name"),
+        (json.dumps({**_OK, "title": "Ok"}), "title 'Ok' at #/title is already used by a_ok.json"),
+        (
+            json.dumps(_obj(**{"x-queue": "ok.q"})),
+            "x-queue 'ok.q' at #/x-queue is already used by a_ok.json",
+        ),
         (json.dumps(_obj(oneOf=[{"type": "object"}])), "unsupported keyword 'oneOf' at #"),
         (json.dumps(_obj(anyOf=[{"type": "object"}])), "unsupported keyword 'anyOf' at #"),
         (json.dumps(_obj(patternProperties={"^x": {}})), "unsupported keyword 'patternProperties'"),
@@ -306,9 +361,32 @@ def _obj(**extra: Any) -> dict[str, Any]:
             "unsupported format 'ipv4' at #/properties/a",
         ),
         (
-            json.dumps(_obj(properties={"a": {"type": "object", "additionalProperties": {}}})),
-            "additionalProperties as a schema at #/properties/a",
+            json.dumps(_obj(properties={"a": {"type": "object"}})),
+            "object without properties at #/properties/a",
         ),
+        (
+            json.dumps(_obj(additionalProperties={"type": "string"})),
+            "properties and a schema-valued additionalProperties at #",
+        ),
+        (
+            json.dumps(_obj(properties={"a": {"additionalProperties": {"type": "string"}}})),
+            'additionalProperties as a schema at #/properties/a without "type": "object"',
+        ),
+        (
+            json.dumps(
+                _obj(
+                    properties={
+                        "a": {
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {}, "contains": {}},
+                        }
+                    }
+                )
+            ),
+            "unsupported keyword 'contains' at #/properties/a/additionalProperties",
+        ),
+        (json.dumps(_obj(minProperties=1)), "unsupported keyword 'minProperties' at #"),
+        (json.dumps(_obj(readOnly=True)), "unsupported keyword 'readOnly' at #"),
         (
             json.dumps(_obj(properties={"a": {"$ref": "other.json#/$defs/A"}})),
             "is not a local definition",
@@ -375,7 +453,8 @@ def test_cli_generates_checks_and_reports_staleness(tmp_path: Path) -> None:
     stale = _cli("codegen", schemas, out, "--check")
     assert stale.returncode == 1
     assert stale.stderr.strip() == (
-        f"{out.as_posix()}/ is stale (differs: invoice_issued.py); run 'make codegen'"
+        f"{out.as_posix()}/ is stale (differs: invoice_issued.py); "
+        f"run 'streamtools codegen {schemas} {out}'"
     )
     assert _cli("codegen", SCHEMAS, GENERATED, "--check").returncode == 0
 
@@ -394,3 +473,56 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     version = _cli("--version")
     assert version.returncode == 0
     assert version.stdout.startswith("streamtools ")
+
+
+def test_every_problem_of_every_file_is_reported_in_one_run(tmp_path: Path) -> None:
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "a.json").write_text(
+        json.dumps(
+            _obj(
+                title="First",
+                properties={
+                    "a": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+                    "b": {"type": "string", "format": "ipv4"},
+                    "c": {"oneOf": [{"type": "string"}]},
+                },
+            )
+        )
+    )
+    (schemas / "b.json").write_text(json.dumps({"type": "object", "properties": {"x": {}}}))
+    (schemas / "c.json").write_text("{")
+    (schemas / "d.json").write_text(json.dumps(_obj(title="Fine")))
+    done = _cli("codegen", schemas, tmp_path / "out")
+    assert done.returncode == 1
+    shown = schemas.as_posix()
+    assert done.stderr.splitlines() == [
+        f"error: {shown}/a.json: unsupported keyword 'uniqueItems' at #/properties/a — "
+        "msgspec has no unique-items constraint; remove it and check in the handler",
+        f"error: {shown}/a.json: unsupported format 'ipv4' at #/properties/b — "
+        "use one of date, date-time, email, time, uri, uuid, or remove the format",
+        f"error: {shown}/a.json: unsupported keyword 'oneOf' at #/properties/c — "
+        "msgspec cannot decode untagged unions; use one object schema per message",
+        f"error: {shown}/b.json: missing title at # — "
+        'add "title": "PascalCaseName" (the Struct name)',
+        f"error: {shown}/c.json: invalid JSON at line 1 column 2: "
+        "Expecting property name enclosed in double quotes — fix the JSON syntax",
+    ]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CodegenError) as info:
+        render(schemas)
+    assert [error.path.name for error in info.value.errors] == ["a.json"] * 3 + ["b.json", "c.json"]
+
+
+def test_output_gets_the_umasks_permissions(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        generate(SCHEMAS, tmp_path / "fresh")
+        generate(SCHEMAS, tmp_path / "fresh")  # replacing keeps them too
+    finally:
+        os.umask(previous)
+    out = tmp_path / "fresh"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == dict.fromkeys(_snapshot(GENERATED), 0o644)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh"]  # no staging dir left

@@ -15,56 +15,81 @@ message type per file) and writes OUT_DIR as an importable package:
 Mapping: ``format: uuid`` -> ``uuid.UUID``; ``date-time`` ->
 ``Annotated[datetime, Meta(tz=True)]`` (a timestamp without a UTC offset fails validation);
 ``date`` -> ``datetime.date``; ``time`` -> ``datetime.time``; ``email`` and ``uri`` stay
-``str`` (not validated); ``enum``/``const`` -> ``Literal[...]``; ``$ref``/``$defs`` and inline
-objects -> nested Structs; numeric, length, pattern and item-count keywords -> ``msgspec.Meta``
-constraints. Every Struct is ``kw_only=True, omit_defaults=True``: a field outside
-``required`` defaults to its ``default`` or to ``None``, and is left out on encode while it
-holds that default. A ``null`` sent for such a field is accepted as "absent".
+``str`` (annotations, as JSON Schema 2020-12 treats ``format`` by default); ``enum``/``const``
+-> ``Literal[...]``; ``$ref``/``$defs`` and inline objects -> nested Structs; an object with
+``additionalProperties: {schema}`` and no ``properties`` -> ``dict[str, T]``; numeric, length,
+pattern and item-count keywords -> ``msgspec.Meta`` constraints; ``additionalProperties:
+false`` -> ``forbid_unknown_fields=True`` (an unknown field fails validation, naming it;
+without it unknown fields are accepted and dropped, so that producers can add fields). Every
+Struct is ``kw_only=True, omit_defaults=True``: a field outside ``required`` defaults to its
+``default`` or to ``None``, and is left out on encode while it holds that default. A ``null``
+sent for such a field is accepted as "absent".
 
-Supported keywords (anything else is an error, so nothing is silently dropped):
-``type`` (one type, optionally with ``"null"``), ``properties``, ``required``, ``items``,
-``$ref`` (local: ``#/$defs/...`` or ``#/definitions/...``), ``$defs``/``definitions``,
-``title``, ``description``, ``default``, ``examples``, ``enum``, ``const``, ``format``
-(``uuid``, ``date-time``, ``date``, ``time``, ``email``, ``uri``), ``minimum``, ``maximum``,
-``exclusiveMinimum``, ``exclusiveMaximum``, ``multipleOf`` (integers only), ``minLength``,
-``maxLength``, ``pattern``, ``minItems``, ``maxItems``, ``additionalProperties`` (a boolean;
-not enforced: unknown fields are ignored so that producers can add fields), ``$schema``,
-``$id``, ``$comment``, ``deprecated`` and any ``x-`` extension.
+Supported keywords (anything else is an error, so nothing is silently dropped; the README has
+the table): ``type`` (one type, optionally with ``"null"``), ``properties``, ``required``,
+``items``, ``additionalProperties`` (a boolean, or a map's value schema), ``$ref`` (local:
+``#/$defs/...`` or ``#/definitions/...``), ``$defs``/``definitions``, ``enum``, ``const``,
+``default``, ``format`` (``uuid``, ``date-time``, ``date``, ``time``, ``email``, ``uri``),
+``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``, ``multipleOf``
+(integers only), ``minLength``, ``maxLength``, ``pattern``, ``minItems``, ``maxItems``, and
+the annotations ``title``, ``description``, ``examples``, ``deprecated``, ``$schema``,
+``$id``, ``$comment`` and any ``x-`` extension.
 
-Unsupported, with the reason: ``oneOf``/``anyOf``/``allOf``/``not``/``if``/``then``/``else``
-(msgspec cannot decode untagged unions of Structs); ``patternProperties``,
-``propertyNames``, ``additionalProperties`` as a schema and objects without ``properties``
-(free-form maps, no Struct to generate); ``uniqueItems`` (msgspec has no such constraint);
-``$ref`` to another file (each schema is self-contained: copy shared ``$defs``); a
-``default`` on a ``format`` string (it would be written as a ``str``).
+Refused, each with its reason in ``_UNSUPPORTED_WHY``: ``oneOf``/``anyOf``/``allOf``/``not``/
+``if``/``then``/``else`` (msgspec cannot decode untagged unions of Structs),
+``patternProperties``, ``propertyNames``, ``minProperties``/``maxProperties``,
+``prefixItems``, ``contains``, ``uniqueItems``, ``unevaluatedProperties``,
+``dependentRequired``/``dependentSchemas``; objects that have neither ``properties`` nor a
+value schema; ``$ref`` to another file (each schema is self-contained: copy shared
+``$defs``); a ``default`` on a ``format`` string (it would be written as a ``str``). Every
+problem of every file is reported in one run, each with its file and JSON pointer.
 
-Output is deterministic: no timestamps, no absolute paths, schemas and names sorted; the
-datamodel-code-generator version is pinned (`DATAMODEL_VERSION`) and checked.
+Output is deterministic: no timestamps, no absolute paths, schemas and names sorted.
+``streamtools[codegen]`` accepts datamodel-code-generator `DATAMODEL_RANGE`; the committed demo
+output is made with `DATAMODEL_VERSION`, pinned in the dev extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import keyword
 import re
 import shutil
 import sys
-import tempfile
+import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamtools import _types
 from streamtools.errors import ConfigurationError
 
-__all__ = ["DATAMODEL_VERSION", "CodegenError", "check", "generate", "main", "render", "run"]
+# The run-time queue-name rule (streamtools._types.check_queue_name), so that codegen refuses
+# exactly what a Queue would; _QUEUE_RE is the same rule for a streamtools without it.
+_CHECK_QUEUE_NAME: Callable[[object], str] | None = getattr(_types, "check_queue_name", None)
+
+__all__ = [
+    "DATAMODEL_RANGE",
+    "DATAMODEL_VERSION",
+    "CodegenError",
+    "check",
+    "generate",
+    "main",
+    "render",
+    "run",
+]
 
 DATAMODEL_VERSION = "0.89.0"
-"""The datamodel-code-generator release the committed output is made with."""
+"""The datamodel-code-generator release the committed demo output is made with (dev extra)."""
+DATAMODEL_RANGE = ">=0.89,<0.90"
+"""The releases `streamtools[codegen]` accepts: the ones this module's rewrites are made for."""
+_SUPPORTED_SERIES = (0, 89)
 
 _TITLE_RE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _QUEUE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
@@ -112,8 +137,15 @@ _UNSUPPORTED_WHY = {
     "if": "conditional schemas are not supported; remove if/then/else",
     "then": "conditional schemas are not supported; remove if/then/else",
     "else": "conditional schemas are not supported; remove if/then/else",
-    "patternProperties": "free-form maps are not supported; declare the properties",
-    "propertyNames": "free-form maps are not supported; declare the properties",
+    "patternProperties": "use a typed map (additionalProperties with the values' schema)",
+    "propertyNames": "map keys are not constrained; check them in the handler",
+    "minProperties": "msgspec checks no property count on a Struct; remove it",
+    "maxProperties": "msgspec checks no property count on a Struct; remove it",
+    "prefixItems": "tuples are not supported; use an object with named properties",
+    "contains": "msgspec has no contains constraint; check it in the handler",
+    "unevaluatedProperties": "use additionalProperties: false",
+    "dependentRequired": "conditional schemas are not supported; remove it",
+    "dependentSchemas": "conditional schemas are not supported; remove it",
     "uniqueItems": "msgspec has no unique-items constraint; remove it and check in the handler",
 }
 # Names the generated __init__.py defines itself: a schema title must not shadow them.
@@ -131,6 +163,18 @@ class CodegenError(ConfigurationError):
     def __init__(self, path: Path | str, what: str, todo: str) -> None:
         super().__init__(f"{Path(path).as_posix()}: {what} — {todo}")
         self.path = Path(path)
+        self.errors: list[CodegenError] = [self]
+        """Every problem of the run, one line each (just this one when there is one)."""
+
+    @classmethod
+    def collect(cls, errors: Sequence[CodegenError]) -> CodegenError:
+        """One error for all of `errors`: their lines, the first one's path."""
+        if len(errors) == 1:
+            return errors[0]
+        combined = cls(errors[0].path, "", "")
+        combined.args = ("\n".join(str(error) for error in errors),)
+        combined.errors = list(errors)
+        return combined
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +190,29 @@ class _Schema:
 
 
 def render(schemas_dir: Path | str) -> dict[str, bytes]:
-    """Return the files OUT_DIR must hold (relative name -> bytes), without writing anything."""
-    _check_datamodel_version()
+    """Return the files OUT_DIR must hold (relative name -> bytes), without writing anything.
+
+    Every problem of every schema is found before this raises; `CodegenError.errors` has them.
+    """
+    missing = _datamodel_problem()
+    if missing is not None:
+        what, _, todo = missing.partition(" — ")
+        raise CodegenError("datamodel-code-generator", what, todo)
     schemas = _load_schemas(Path(schemas_dir))
     files: dict[str, bytes] = {"py.typed": b""}
     exports: dict[str, list[str]] = {}
-    for schema in schemas:
-        source = _finish_module(_run_datamodel(schema), schema)
-        files[f"{schema.module}.py"] = source.encode()
-        exports[schema.module] = _public_names(source)
+    problems: list[CodegenError] = []
+    with _forbidding_unknown_fields():
+        for schema in schemas:
+            try:
+                source = _finish_module(_run_datamodel(schema), schema)
+            except CodegenError as exc:
+                problems.append(exc)
+                continue
+            files[f"{schema.module}.py"] = source.encode()
+            exports[schema.module] = _public_names(source)
+    if problems:
+        raise CodegenError.collect(problems)
     files["__init__.py"] = _render_init(schemas, exports).encode()
     return dict(sorted(files.items()))
 
@@ -168,7 +226,10 @@ def generate(schemas_dir: Path | str, out_dir: Path | str) -> list[str]:
     files = render(schemas_dir)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    # mkdir, not mkdtemp: the package gets the umask's permissions (mkdtemp's 0700 would hide
+    # it from a service that runs as another user than the one that built its image).
+    staging = _unique_sibling(out, "new")
+    staging.mkdir()
     try:
         for name, data in files.items():
             (staging / name).write_bytes(data)
@@ -198,13 +259,19 @@ def run(
     """Run codegen as the CLI does: print one line per outcome, return the exit status."""
     out_stream = stdout if stdout is not None else sys.stdout
     err_stream = stderr if stderr is not None else sys.stderr
+    missing = _datamodel_problem()
+    if missing is not None:  # a missing extra is a usage problem: exit 2, as argparse does
+        print(f"error: {missing}", file=err_stream)
+        return 2
     try:
         if check_only:
             stale = check(schemas_dir, out_dir)
             if stale:
                 shown = f"{Path(out_dir).as_posix().rstrip('/')}/"
+                command = f"streamtools codegen {schemas_dir} {out_dir}"
                 print(
-                    f"{shown} is stale (differs: {', '.join(stale)}); run 'make codegen'",
+                    f"{shown} is stale (differs: {', '.join(stale)}); run '{command}'"
+                    + _version_note(),
                     file=err_stream,
                 )
                 return 1
@@ -212,7 +279,8 @@ def run(
             return 0
         written = generate(schemas_dir, out_dir)
     except CodegenError as exc:
-        print(f"error: {exc}", file=err_stream)
+        for error in exc.errors:
+            print(f"error: {error}", file=err_stream)
         return 1
     except OSError as exc:
         print(f"error: {exc} — check the paths and permissions", file=err_stream)
@@ -245,17 +313,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- loading and validating schemas ------------------------------------------------------
 
 
-def _check_datamodel_version() -> None:
+_INSTALL = "pip install 'streamtools[codegen]'"
+
+
+def _datamodel_problem() -> str | None:
+    """Why codegen cannot run here (datamodel-code-generator missing or unsupported), or None."""
     try:
         installed = metadata.version("datamodel-code-generator")
     except metadata.PackageNotFoundError:
-        installed = "none"
-    if installed != DATAMODEL_VERSION:
-        raise CodegenError(
-            "datamodel-code-generator",
-            f"version {installed} is installed; generated code is pinned to {DATAMODEL_VERSION}",
-            f"run: pip install 'datamodel-code-generator=={DATAMODEL_VERSION}'",
+        return (
+            "streamtools codegen needs datamodel-code-generator, which is not installed "
+            f"— {_INSTALL}"
         )
+    if tuple(int(part) for part in re.findall(r"\d+", installed)[:2]) != _SUPPORTED_SERIES:
+        return (
+            f"datamodel-code-generator {installed} is installed; streamtools codegen supports "
+            f"{DATAMODEL_RANGE} — {_INSTALL}"
+        )
+    return None
+
+
+def _version_note() -> str:
+    """Why a fresh generation may differ from committed output made with another release."""
+    installed = metadata.version("datamodel-code-generator")
+    if installed == DATAMODEL_VERSION:
+        return ""
+    return (
+        f" (datamodel-code-generator {installed} is installed; the pinned release is "
+        f"{DATAMODEL_VERSION})"
+    )
+
+
+class _Problems:
+    """Every problem found in one run, so that a user sees them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[CodegenError] = []
+
+    def add(self, path: Path, what: str, todo: str) -> None:
+        self.errors.append(CodegenError(path, what, todo))
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise CodegenError.collect(self.errors)
 
 
 def _load_schemas(schemas_dir: Path) -> list[_Schema]:
@@ -266,72 +366,106 @@ def _load_schemas(schemas_dir: Path) -> list[_Schema]:
         raise CodegenError(
             schemas_dir, "no *.json schema files", "add one JSON Schema file per message type"
         )
-    schemas = [_load_schema(path) for path in paths]
+    problems = _Problems()
+    loaded = [_load_schema(path, problems) for path in paths]
+    schemas = [schema for schema in loaded if schema is not None]
     seen_title: dict[str, Path] = {}
     seen_module: dict[str, Path] = {}
     seen_queue: dict[str, Path] = {}
     seen_constant: dict[str, Path] = {}
     for schema in schemas:
         for key, seen, what in (
-            (schema.title, seen_title, f"title {schema.title!r}"),
-            (schema.module, seen_module, f"module name {schema.module!r}"),
-            (schema.queue, seen_queue, f"x-queue {schema.queue!r}"),
-            (_constant_name(schema.queue), seen_constant, f"queue constant for {schema.queue!r}"),
+            (schema.title, seen_title, f"title {schema.title!r} at #/title"),
+            (schema.module, seen_module, f"module name {schema.module!r} (from #/title)"),
+            (schema.queue, seen_queue, f"x-queue {schema.queue!r} at #/x-queue"),
+            (
+                _constant_name(schema.queue),
+                seen_constant,
+                f"queue constant for {schema.queue!r} (from #/x-queue)",
+            ),
         ):
             if key is None:
                 continue
             if key in seen:
-                raise CodegenError(
+                problems.add(
                     schema.path,
                     f"{what} is already used by {seen[key].name}",
                     "give every schema its own title and queue",
                 )
-            seen[key] = schema.path
+            else:
+                seen[key] = schema.path
+    problems.raise_any()
     return sorted(schemas, key=lambda s: s.title)
 
 
-def _load_schema(path: Path) -> _Schema:
+def _queue_problem(queue: object) -> str | None:
+    """Why `queue` is not a queue name (the run-time rule where there is one), or None."""
+    if _CHECK_QUEUE_NAME is None:
+        if isinstance(queue, str) and _QUEUE_RE.match(queue):
+            return None
+        return "use letters, digits, '.', '_' and '-', starting with a letter (orders.created)"
+    try:
+        _CHECK_QUEUE_NAME(queue)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _load_schema(path: Path, problems: _Problems) -> _Schema | None:
+    """The schema in `path`, or None after adding every problem it has to `problems`."""
+    before = len(problems.errors)
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise CodegenError(
+        problems.add(
             path,
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
             "fix the JSON syntax",
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise CodegenError(path, "not UTF-8 text", "save the file as UTF-8") from exc
-    if not isinstance(body, dict) or body.get("type") != "object":
-        raise CodegenError(
-            path, "not an object schema", 'a message schema needs "type": "object" and "properties"'
         )
+        return None
+    except UnicodeDecodeError:
+        problems.add(path, "not UTF-8 text", "save the file as UTF-8")
+        return None
+    if not isinstance(body, dict) or body.get("type") != "object":
+        problems.add(
+            path,
+            "not an object schema at #",
+            'a message schema needs "type": "object" and "properties"',
+        )
+        return None
     title = body.get("title")
     if title is None:
-        raise CodegenError(path, "missing title", 'add "title": "PascalCaseName" (the Struct name)')
-    if not isinstance(title, str) or not _TITLE_RE.match(title) or title in _RESERVED:
-        raise CodegenError(
+        problems.add(path, "missing title at #", 'add "title": "PascalCaseName" (the Struct name)')
+    elif not isinstance(title, str) or not _TITLE_RE.match(title) or title in _RESERVED:
+        problems.add(
             path,
-            f"title {title!r} is not a usable class name",
+            f"title {title!r} at #/title is not a usable class name",
             "use a PascalCase name such as OrderCreated (not one of: "
             + ", ".join(sorted(_RESERVED))
             + ")",
         )
     queue = body.get("x-queue")
-    if queue is not None and (not isinstance(queue, str) or not _QUEUE_RE.match(queue)):
-        raise CodegenError(
+    why = None if queue is None else _queue_problem(queue)
+    if why is not None:
+        problems.add(path, f"x-queue {queue!r} at #/x-queue is not a queue name", why)
+    if isinstance(title, str) and title in _definitions(body):
+        problems.add(
             path,
-            f"x-queue {queue!r} is not a queue name",
-            "use letters, digits, '.', '_' and '-', starting with a letter (e.g. orders.created)",
+            f"a definition at #/$defs/{title} is named like the title {title!r}",
+            "rename the definition",
         )
-    defs = _definitions(body)
-    if title in defs:
-        raise CodegenError(
-            path, f"a definition is named like the title {title!r}", "rename the definition"
-        )
-    for pointer, node in _walk(body, "#", top=True):
-        _validate_node(path, pointer, node, body)
+    for pointer, node in _walk(body, "#"):
+        _validate_node(path, pointer, node, body, problems)
+    if len(problems.errors) > before or not isinstance(title, str):
+        return None
     stripped = {key: value for key, value in body.items() if key != "x-queue"}
-    return _Schema(path=path, title=title, queue=queue, module=_snake(title), body=stripped)
+    return _Schema(
+        path=path,
+        title=title,
+        queue=queue if isinstance(queue, str) else None,
+        module=_snake(title),
+        body=stripped,
+    )
 
 
 def _definitions(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -343,7 +477,7 @@ def _definitions(body: Mapping[str, Any]) -> dict[str, Any]:
     return defs
 
 
-def _walk(node: Any, pointer: str, *, top: bool = False) -> Iterator[tuple[str, Any]]:
+def _walk(node: Any, pointer: str) -> Iterator[tuple[str, Any]]:
     """Yield every subschema of `node` with its JSON pointer (keyword positions only)."""
     yield pointer, node
     if not isinstance(node, dict):
@@ -352,101 +486,128 @@ def _walk(node: Any, pointer: str, *, top: bool = False) -> Iterator[tuple[str, 
         children = node.get(key)
         if isinstance(children, dict):
             for name, child in children.items():
-                yield from _walk(child, f"{pointer}/{key}/{name}")
-    items = node.get("items")
-    if items is not None:
-        yield from _walk(items, f"{pointer}/items")
+                yield from _walk(child, f"{pointer}/{key}/{_escape(name)}")
+    for key in ("items", "additionalProperties"):
+        child = node.get(key)
+        if child is not None and not isinstance(child, bool):
+            yield from _walk(child, f"{pointer}/{key}")
 
 
-def _validate_node(path: Path, pointer: str, node: Any, root: Mapping[str, Any]) -> None:
+def _escape(name: str) -> str:
+    """`name` as one JSON pointer token (RFC 6901)."""
+    return name.replace("~", "~0").replace("/", "~1")
+
+
+def _validate_node(
+    path: Path, pointer: str, node: Any, root: Mapping[str, Any], problems: _Problems
+) -> None:
     if not isinstance(node, dict):
-        raise CodegenError(path, f"{pointer} is not a schema object", "write it as a JSON object")
+        problems.add(path, f"{pointer} is not a schema object", "write it as a JSON object")
+        return
     for key in node:
         if key in _UNSUPPORTED_WHY:
-            raise CodegenError(
-                path, f"unsupported keyword {key!r} at {pointer}", _UNSUPPORTED_WHY[key]
-            )
-        if key not in _KEYWORDS and not key.startswith("x-"):
-            raise CodegenError(
+            problems.add(path, f"unsupported keyword {key!r} at {pointer}", _UNSUPPORTED_WHY[key])
+        elif key not in _KEYWORDS and not key.startswith("x-"):
+            problems.add(
                 path,
                 f"unsupported keyword {key!r} at {pointer}",
-                "remove it (the supported keywords are listed in streamtools.codegen)",
+                "remove it (the README's keyword table lists what codegen supports)",
             )
     if "x-queue" in node and pointer != "#":
-        raise CodegenError(path, f"x-queue at {pointer}", "x-queue belongs at the top level only")
+        problems.add(path, f"x-queue at {pointer}", "x-queue belongs at the top level only")
     types = node.get("type", [])
     types = [types] if isinstance(types, str) else types
-    non_null = [t for t in types if t != "null"]
+    non_null = [t for t in types if t != "null"] if isinstance(types, list) else []
     if not isinstance(types, list) or any(t not in _TYPES for t in types) or len(non_null) > 1:
-        raise CodegenError(
+        problems.add(
             path,
             f"type {node.get('type')!r} at {pointer} is not supported",
             'use one JSON type, optionally with "null"',
         )
-    if "additionalProperties" in node and not isinstance(node["additionalProperties"], bool):
-        raise CodegenError(
+    extra = node.get("additionalProperties")
+    if extra is not None and not isinstance(extra, bool | dict):
+        problems.add(
             path,
-            f"additionalProperties as a schema at {pointer}",
-            "free-form maps are not supported; declare the properties",
+            f"additionalProperties at {pointer} is neither a boolean nor a schema",
+            "use false (no unknown fields), true, or the schema of a map's values",
         )
-    if "object" in non_null and not node.get("properties"):
-        raise CodegenError(
-            path, f"object without properties at {pointer}", "declare its properties"
+    if isinstance(extra, dict):
+        if node.get("properties"):
+            problems.add(
+                path,
+                f"properties and a schema-valued additionalProperties at {pointer}",
+                "a Struct has fixed fields: use either properties or a typed map, not both",
+            )
+        if "object" not in non_null:
+            problems.add(
+                path,
+                f'additionalProperties as a schema at {pointer} without "type": "object"',
+                'add "type": "object"',
+            )
+    elif "object" in non_null and not node.get("properties"):
+        problems.add(
+            path,
+            f"object without properties at {pointer}",
+            "declare its properties, or make it a typed map with an additionalProperties schema",
         )
     if "array" in non_null and "items" not in node:
-        raise CodegenError(path, f"array without items at {pointer}", "declare its items schema")
+        problems.add(path, f"array without items at {pointer}", "declare its items schema")
     fmt = node.get("format")
     if fmt is not None and fmt not in _FORMATS:
-        raise CodegenError(
+        problems.add(
             path,
             f"unsupported format {fmt!r} at {pointer}",
             "use one of " + ", ".join(sorted(_FORMATS)) + ", or remove the format",
         )
     if fmt in _TYPED_FORMATS and "default" in node:
-        raise CodegenError(
+        problems.add(
             path,
             f"a default on a {fmt} string at {pointer}",
             "remove the default (make the field required, or leave it optional)",
         )
     if "multipleOf" in node and "integer" not in non_null:
-        raise CodegenError(
+        problems.add(
             path,
             f"multipleOf on a non-integer at {pointer}",
             "msgspec checks it by floating-point remainder; use an integer (e.g. cents)",
         )
     required = node.get("required", [])
     properties = node.get("properties", {})
+    if not isinstance(properties, dict):
+        problems.add(path, f"properties at {pointer} is not an object", "map names to schemas")
+        properties = {}
     if not isinstance(required, list) or any(name not in properties for name in required):
-        raise CodegenError(
+        problems.add(
             path,
             f"required at {pointer} names a property that is not declared",
             "list only names from properties",
         )
     for name in properties:
         if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower():
-            raise CodegenError(
+            problems.add(
                 path,
-                f"property {name!r} at {pointer} is not a snake_case identifier",
+                f"property {name!r} at {pointer}/properties is not a snake_case identifier",
                 "rename it in snake_case (fields keep their JSON names)",
             )
     ref = node.get("$ref")
     if ref is not None:
-        _check_ref(path, pointer, ref, root)
+        _check_ref(path, pointer, ref, root, problems)
 
 
-def _check_ref(path: Path, pointer: str, ref: Any, root: Mapping[str, Any]) -> None:
+def _check_ref(
+    path: Path, pointer: str, ref: Any, root: Mapping[str, Any], problems: _Problems
+) -> None:
     match = re.fullmatch(r"#/(\$defs|definitions)/([^/]+)", ref) if isinstance(ref, str) else None
     if match is None:
-        raise CodegenError(
+        problems.add(
             path,
             f"$ref {ref!r} at {pointer} is not a local definition",
             "point it at #/$defs/<Name> in the same file",
         )
+        return
     defs = root.get(match.group(1))
     if not isinstance(defs, dict) or match.group(2) not in defs:
-        raise CodegenError(
-            path, f"$ref {ref!r} at {pointer} does not resolve", "define it under $defs"
-        )
+        problems.add(path, f"$ref {ref!r} at {pointer} does not resolve", "define it under $defs")
 
 
 def _snake(name: str) -> str:
@@ -458,6 +619,39 @@ def _constant_name(queue: str | None) -> str | None:
 
 
 # --- running datamodel-code-generator and finishing its output ---------------------------
+
+
+@contextlib.contextmanager
+def _forbidding_unknown_fields() -> Iterator[None]:
+    """Make datamodel's msgspec Structs honour ``additionalProperties: false``.
+
+    datamodel-code-generator records the keyword in each model's template data but its msgspec
+    output drops it; for the span of a run, its Struct's template data gets
+    ``forbid_unknown_fields=True`` where the keyword is false.
+    """
+    from datamodel_code_generator.model import msgspec as dcg_msgspec
+
+    struct = dcg_msgspec.Struct
+    original = getattr(struct, "_builtin_template_data", None)
+    if original is None:
+        raise CodegenError(
+            "datamodel-code-generator",
+            "this release has no msgspec Struct template data to add forbid_unknown_fields to",
+            _INSTALL,
+        )
+
+    def template_data(self: Any) -> dict[str, Any]:
+        data: dict[str, Any] = original(self)
+        if self.extra_template_data.get("additionalProperties") is False:
+            kwargs = {**data.get("base_class_kwargs", {}), "forbid_unknown_fields": "True"}
+            data = {**data, "base_class_kwargs": kwargs}
+        return data
+
+    struct._builtin_template_data = template_data  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        struct._builtin_template_data = original  # type: ignore[method-assign]
 
 
 def _run_datamodel(schema: _Schema) -> str:
@@ -494,7 +688,7 @@ def _run_datamodel(schema: _Schema) -> str:
             )
         except Exception as exc:  # datamodel raises many unrelated types; all mean "bad schema"
             raise CodegenError(
-                schema.path, f"datamodel-code-generator failed: {exc}", "fix the schema"
+                schema.path, f"datamodel-code-generator failed at #: {exc}", "fix the schema"
             ) from exc
     # A warning means datamodel dropped or changed something: fail rather than lose a rule.
     # Deprecation warnings are about the tool, not the schema.
@@ -502,12 +696,14 @@ def _run_datamodel(schema: _Schema) -> str:
         if not issubclass(warning.category, DeprecationWarning | PendingDeprecationWarning):
             raise CodegenError(
                 schema.path,
-                f"datamodel-code-generator warned: {warning.message}",
+                f"datamodel-code-generator warned at #: {warning.message}",
                 "change the schema so that it can be generated exactly",
             )
     if not isinstance(output, str):
         raise CodegenError(
-            schema.path, "datamodel-code-generator wrote several modules", "simplify the schema"
+            schema.path,
+            "datamodel-code-generator wrote several modules for #",
+            "simplify the schema",
         )
     return output
 
@@ -789,13 +985,16 @@ def _check_replaceable(out: Path) -> None:
         )
 
 
+def _unique_sibling(out: Path, role: str) -> Path:
+    return out.parent / f".{out.name}.{role}-{uuid.uuid4().hex[:12]}"
+
+
 def _swap_in(staging: Path, out: Path) -> None:
     """Replace `out` with `staging` by two renames; restore `out` if the second one fails."""
     if not out.exists():
         staging.rename(out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old.rmdir()
+    old = _unique_sibling(out, "old")
     out.rename(old)
     try:
         staging.rename(out)
