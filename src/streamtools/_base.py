@@ -95,6 +95,7 @@ class _Endpoint(abc.ABC):
 
     def __init__(self) -> None:
         self._opened = False
+        self._ready = False  # opened and not closing: the one check on the send path
         self._open_lock = asyncio.Lock()
         self._closing: asyncio.Future[None] | None = None
 
@@ -115,10 +116,12 @@ class _Endpoint(abc.ABC):
             if not self._opened:
                 await self._open()
                 self._opened = True
+                self._ready = True
 
     async def close(self) -> None:
         """Close gracefully; idempotent and safe to call concurrently."""
         if self._closing is None:
+            self._ready = False
             self._closing = asyncio.get_running_loop().create_future()
             try:
                 await self._shutdown()
@@ -185,7 +188,7 @@ class Producer(_Endpoint, Generic[T]):
         `options` are the transport's send options (see its docs); an unknown one is a
         ConfigurationError. Raises ValidationError if `msg` breaks its schema.
         """
-        if not self._opened:
+        if not self._ready:
             await self.a_init()
         codec = self._codec_for_send(options)
         body = codec.encode(msg, validate=self.validate)
@@ -199,7 +202,7 @@ class Producer(_Endpoint, Generic[T]):
         All messages are encoded and validated before any leaves. Raises PublishError naming
         the messages that were not accepted (the others were); `options` apply to each.
         """
-        if not self._opened:
+        if not self._ready:
             await self.a_init()
         codec = self._codec_for_send(options)
         prepared = [
@@ -232,7 +235,7 @@ class Producer(_Endpoint, Generic[T]):
         self, msg: T, *, reply_type: type[R], timeout: float = 30.0, **options: object
     ) -> R:
         """Send `msg` and wait for the handler's reply, decoded and validated as `reply_type`."""
-        if not self._opened:
+        if not self._ready:
             await self.a_init()
         codec = self._codec_for_send(options)
         body = codec.encode(msg, validate=self.validate)

@@ -51,6 +51,10 @@ class Harness:
     producer_settings: Callable[[Consumer[Any] | None], dict[str, object]] = lambda _: {}
     # Called with every queue name a test used, after the test: delete broker state.
     cleanup: Callable[[list[str]], Awaitable[None]] | None = None
+    # Whether the broker has a queue of that name (queued transports only).
+    queue_exists: Callable[[str], Awaitable[bool]] | None = None
+    # Deliver (body, headers) to the consumer's queue as a peer without streamtools would.
+    send_foreign: Callable[[Consumer[Any], bytes, dict[str, object]], Awaitable[None]] | None = None
     used_queues: list[str] = field(default_factory=list)
 
     @property
@@ -71,7 +75,15 @@ QUEUED_SETTINGS: dict[str, object] = {"max_retries": 2, "retry_delay": 0.02, "sh
 
 
 def _memory(request: pytest.FixtureRequest) -> Harness:
-    return Harness("MemoryHandler", consumer_settings=dict(QUEUED_SETTINGS))
+    from streamtools.transports.memory import memory_broker
+
+    async def queue_exists(name: str) -> bool:
+        return name in memory_broker()._queues
+
+    # No send_foreign: nothing but streamtools puts messages on the in-process broker.
+    return Harness(
+        "MemoryHandler", consumer_settings=dict(QUEUED_SETTINGS), queue_exists=queue_exists
+    )
 
 
 HarnessFactory = Callable[[pytest.FixtureRequest], Harness]

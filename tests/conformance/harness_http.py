@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
 
 from streamtools import Consumer
@@ -19,9 +20,23 @@ def _producer_settings(consumer: Consumer[Any] | None) -> dict[str, object]:
     return {"host": "127.0.0.1", "port": port, "retries": 1, "retry_backoff": 0.01}
 
 
+async def _send_foreign(consumer: Consumer[Any], body: bytes, headers: dict[str, object]) -> None:
+    # A plain client: whatever the status, the consumer decides what the message was.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            consumer.url,  # type: ignore[attr-defined]
+            data=body,
+            headers={k: str(v) for k, v in headers.items()},
+        ) as response,
+    ):
+        await response.read()
+
+
 def make_harness(request: pytest.FixtureRequest) -> Harness:
     return Harness(
         HARNESS_NAME,
         consumer_settings={"host": "127.0.0.1", "port": 0, "shutdown_timeout": 10},
         producer_settings=_producer_settings,
+        send_foreign=_send_foreign,
     )

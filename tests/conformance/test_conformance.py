@@ -20,6 +20,7 @@ import pytest
 from streamtools import (
     CONSUMER_LOOPS,
     PRODUCERS,
+    ConfigurationError,
     Consumer,
     DeliveryError,
     Metadata,
@@ -28,6 +29,7 @@ from streamtools import (
     ValidationError,
     current_metadata,
 )
+from streamtools._binding import DEAD_LETTER_HEADERS
 from tests.conformance.conftest import ConfMessage, ConfReply, Harness, LineItem
 from tests.conftest import unique_name
 
@@ -147,6 +149,8 @@ async def test_publish_then_subscribe_delivers_all_intact(harness: Harness) -> N
         assert meta.attempt == 1
         assert datetime.fromisoformat(meta.time).tzinfo is not None
     assert len({meta.id for _, meta in got.messages}) == 50
+    # Nothing failed, so nothing may come twice (a set-based check would miss duplicates).
+    assert sorted(m.seq for m, _ in got.messages) == list(range(50))
 
 
 async def test_many_producers_and_consumers_lose_nothing(harness: Harness) -> None:
@@ -172,7 +176,7 @@ async def test_many_producers_and_consumers_lose_nothing(harness: Harness) -> No
         await got.wait_for(lambda: len(got.seqs) == 400, "400 messages")
     finally:
         await asyncio.gather(*(c.close() for c in consumers))
-    assert got.seqs == set(range(400))
+    assert sorted(m.seq for m, _ in got.messages) == list(range(400))
 
 
 async def test_failing_handler_is_retried_and_message_arrives(harness: Harness) -> None:
@@ -183,9 +187,12 @@ async def test_failing_handler_is_retried_and_message_arrives(harness: Harness) 
     attempts: Counter[int] = Counter()
     consumer = harness.consumer(queue)
 
+    seen: dict[int, list[int]] = {}
+
     @consumer()
     async def handle(msg: ConfMessage) -> None:
         attempts[msg.seq] += 1
+        seen.setdefault(msg.seq, []).append(current_metadata().attempt)
         if attempts[msg.seq] < 3:
             raise RuntimeError(f"transient failure {attempts[msg.seq]}")
         got.add(msg)
@@ -199,6 +206,8 @@ async def test_failing_handler_is_retried_and_message_arrives(harness: Harness) 
     finally:
         await consumer.close()
     assert all(attempts[i] == 3 for i in range(5)), attempts
+    # The handler sees the delivery count: 1 on the first, one more on each retry.
+    assert seen == {i: [1, 2, 3] for i in range(5)}
     assert all(meta.attempt == 3 for _, meta in got.messages)
 
 
@@ -253,6 +262,9 @@ async def test_poison_message_is_dead_lettered_after_retry_limit(harness: Harnes
     assert "cannot handle this one" in meta.headers["x-error-message"]
     assert meta.headers["x-attempts"] == "3"  # max_retries=2 in the harness: 3 attempts
     assert meta.headers["x-original-queue"] == queue.name
+    # The same headers on every transport, and nothing of the delivery's own bookkeeping.
+    assert set(meta.headers) == set(DEAD_LETTER_HEADERS)
+    assert meta.attempt == 1  # it counts deliveries from the DLQ
 
 
 async def test_invalid_message_is_rejected_while_the_consumer_goes_on(harness: Harness) -> None:
@@ -383,13 +395,33 @@ async def test_concurrent_close_is_safe_and_idempotent(harness: Harness) -> None
     await consumer.start()
     producer = harness.producer(queue, consumer)
     await producer.send(make_message(1))
-    await asyncio.gather(
-        *(consumer.close() for _ in range(5)), *(producer.close() for _ in range(5))
+    results = await asyncio.gather(
+        *(consumer.close() for _ in range(5)),
+        *(producer.close() for _ in range(5)),
+        return_exceptions=True,
     )
+    assert results == [None] * 10
     await consumer.close()
     await producer.close()
-    assert consumer.closed
-    assert producer.closed
+    assert not consumer.serving
+    assert not consumer.connected
+    # Closed for good: neither end takes work again, and both say why.
+    with pytest.raises(ConfigurationError, match="is closed"):
+        await producer.send(make_message(2))
+    with pytest.raises(ConfigurationError, match="is closed"):
+        await consumer.start()
+    if harness.capabilities.queued:
+        # The closed consumer takes nothing: a message sent now waits for the next one.
+        follow, got = collecting_consumer(harness, queue)
+        async with harness.producer(queue) as again:
+            await again.send(make_message(3))
+        await follow.start()
+        try:
+            # Message 1 too, if the close came before its handler finished (redelivered).
+            await got.wait_for(lambda: 3 in got.seqs, "the message after the close")
+        finally:
+            await follow.close()
+        assert got.seqs <= {1, 3}
 
 
 async def test_run_serves_until_close(harness: Harness) -> None:
@@ -457,9 +489,146 @@ async def test_untyped_queue_carries_raw_json(harness: Harness) -> None:
     assert got == [{"any": ["json", 1, None]}]
 
 
-def test_encoded_body_is_the_message_alone() -> None:
+async def test_encoded_body_is_the_message_alone(harness: Harness) -> None:
     # The body is the message alone (metadata travels in headers), so non-streamtools peers
-    # read it as plain JSON.
-    msg = make_message(3)
-    body = msgspec.json.encode(msg)
-    assert msgspec.json.decode(body) == msgspec.to_builtins(msg)
+    # read it as plain JSON: a raw-JSON consumer on the queue gets exactly the message's fields.
+    queue = new_queue()
+    raw = Collector()
+    consumer = harness.consumer(Queue(queue.name, dict[str, object]))
+
+    @consumer()
+    async def handle(msg: dict[str, object]) -> None:
+        raw.add(msg)
+
+    await consumer.start()
+    msg = make_message(3, tag="plain")
+    try:
+        async with harness.producer(queue, consumer) as producer:
+            await producer.send(msg)
+        await raw.wait_for(lambda: len(raw.messages) == 1, "the raw message")
+    finally:
+        await consumer.close()
+    [(body, meta)] = raw.messages
+    assert body == msgspec.to_builtins(msg)
+    assert meta.type == "ConfMessage"  # the type travels beside the body, not in it
+
+
+async def test_failing_dead_letter_consumer_keeps_the_message_in_its_queue(
+    harness: Harness,
+) -> None:
+    """One rule on every transport: a `.dlq` consumer's failures go back to the same DLQ.
+
+    Its dead-letter headers stay (they say why it came), the attempt counts up, and no
+    `.dlq.dlq` or `.dlq.retry.N` queue appears.
+    """
+    if not harness.capabilities.dead_letter:
+        pytest.skip("transport has no dead-letter queue")
+    queue = new_queue()
+    consumer = harness.consumer(queue, max_retries=0)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        raise RuntimeError("always fails")
+
+    dlq = harness.consumer(Queue(f"{queue.name}.dlq", ConfMessage))
+    got = Collector()
+    calls: list[int] = []
+
+    @dlq()
+    async def handle_dead(msg: ConfMessage) -> None:
+        calls.append(current_metadata().attempt)
+        if len(calls) < 3:
+            raise ValueError(f"dead-letter handler fails ({len(calls)})")
+        got.add(msg)
+
+    await consumer.start()
+    await dlq.start()
+    try:
+        async with harness.producer(queue) as producer:
+            sent_id = await producer.send(make_message(1, tag="poison"))
+        await got.wait_for(lambda: len(got.messages) == 1, "the message on the third try")
+    finally:
+        await asyncio.gather(consumer.close(), dlq.close())
+    assert calls == [1, 2, 3]
+    [(msg, meta)] = got.messages
+    assert msg.tag == "poison"
+    assert meta.id == sent_id
+    assert meta.headers["x-death-reason"] == "max-retries"
+    assert meta.headers["x-error-type"] == "RuntimeError"
+    assert meta.headers["x-original-queue"] == queue.name
+    assert set(meta.headers) == set(DEAD_LETTER_HEADERS)
+    assert harness.queue_exists is not None
+    assert await harness.queue_exists(f"{queue.name}.dlq")
+    assert not await harness.queue_exists(f"{queue.name}.dlq.dlq")
+    assert not await harness.queue_exists(f"{queue.name}.dlq.retry.1")
+
+
+async def test_invalid_message_on_a_dead_letter_consumer_stays_there(harness: Harness) -> None:
+    if not harness.capabilities.dead_letter:
+        pytest.skip("transport has no dead-letter queue")
+    queue = new_queue()
+    dlq = harness.consumer(Queue(f"{queue.name}.dlq", ConfMessage))
+    raw = harness.producer(Queue(f"{queue.name}.dlq", dict[str, object]))
+    seen: list[int] = []
+
+    @dlq()
+    async def handle_dead(msg: ConfMessage) -> None:
+        seen.append(msg.seq)
+
+    await dlq.start()
+    try:
+        async with raw:
+            await raw.send({"not": "a ConfMessage"})
+        # Its own queue keeps it: a typed consumer of it never gets it, another reader does.
+        readback = Collector()
+        reader = harness.consumer(Queue(f"{queue.name}.dlq", dict[str, object]))
+
+        @reader()
+        async def read(msg: dict[str, object]) -> None:
+            readback.add(msg)
+
+        await dlq.close()
+        await reader.start()
+        try:
+            await readback.wait_for(lambda: len(readback.messages) >= 1, "the invalid message")
+        finally:
+            await reader.close()
+    finally:
+        await dlq.close()
+    assert seen == []
+    assert readback.messages[0][0] == {"not": "a ConfMessage"}
+    assert harness.queue_exists is not None
+    assert not await harness.queue_exists(f"{queue.name}.dlq.dlq")
+
+
+async def test_foreign_message_with_missing_or_odd_headers_is_handled(harness: Harness) -> None:
+    """A peer without streamtools: no CloudEvents headers, or ones of odd types."""
+    if harness.send_foreign is None:
+        pytest.skip("nothing but streamtools sends on this transport")
+    queue = new_queue()
+    consumer, got = collecting_consumer(harness, queue)
+    await consumer.start()
+    body = msgspec.json.encode(make_message(1))
+    odd: dict[str, object] = {
+        "ce-id": 12345,
+        "ce-type": "Foreign",
+        "ce-specversion": 1,
+        "x-streamtools-attempt": "not a number",
+        "x-custom": "kept",
+    }
+    try:
+        await harness.send_foreign(consumer, body, {})
+        await got.wait_for(lambda: len(got.messages) == 1, "the bare message")
+        await harness.send_foreign(consumer, body, odd)
+        await got.wait_for(lambda: len(got.messages) == 2, "the message with odd headers")
+    finally:
+        await consumer.close()
+    (_, bare), (_, strange) = got.messages
+    assert bare.id  # made up on arrival, never empty
+    assert bare.type == "ConfMessage"  # the consumer's type
+    assert bare.specversion == "1.0"
+    assert bare.attempt == 1
+    assert datetime.fromisoformat(bare.time).tzinfo is not None
+    assert strange.id == "12345"
+    assert strange.type == "Foreign"
+    assert strange.attempt == 1

@@ -686,7 +686,7 @@ async def test_ack_window_acks_exactly_the_finished_deliveries(
     """
     import random
 
-    from streamtools.transports.rabbitmq import _AckWindow
+    from streamtools._window import SettleWindow
 
     rnd = random.Random(seed)
     count = 120
@@ -711,7 +711,10 @@ async def test_ack_window_acks_exactly_the_finished_deliveries(
         await underlay.basic_consume(name, on_message, no_ack=False)
         async with asyncio.timeout(30):
             await all_in.wait()
-        window = _AckWindow(underlay, spill=rnd.choice([1, 4, 16, 64]))
+        async def ack(tag: int, multiple: bool) -> None:
+            await underlay.basic_ack(tag, multiple=multiple)
+
+        window = SettleWindow(ack, spill=rnd.choice([1, 4, 16, 64]))
         for tag in sorted(tags):
             window.received(tag)
         order = sorted(tags)
@@ -722,16 +725,14 @@ async def test_ack_window_acks_exactly_the_finished_deliveries(
         for tag in order[: int(count * 0.7)]:
             if rnd.random() < 0.1:
                 await underlay.basic_reject(tag, requeue=False)
-                window.settled(tag, nacked=True)
+                window.settled(tag, alone=True)
                 dropped.add(tags[tag])
             else:
                 window.settled(tag)
                 finished.add(tags[tag])
             if rnd.random() < 0.3:
                 await asyncio.sleep(0)
-        if window.flushing is not None:
-            await asyncio.wait([window.flushing])
-        await window.drain()
+        await window.close()
         assert not underlay.is_closed, "an ack was refused: double or unknown delivery tag"
         await channel.close()  # unacked deliveries go back to the queue
 
@@ -751,6 +752,7 @@ async def test_ack_window_acks_exactly_the_finished_deliveries(
             back.add(int(message.body))
         assert unfinished <= back
         assert not back & dropped
+        assert window.spill is not None
         assert len(back - unfinished) < window.spill, (len(back - unfinished), window.spill)
     finally:
         await connection.close()

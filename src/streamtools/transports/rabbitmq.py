@@ -7,8 +7,9 @@ Topology, declared idempotently with the same arguments by producers and consume
   (e.g. a quorum queue's delivery limit after repeated consumer crashes).
 - `<queue>.dlq`: durable; streamtools publishes poison and invalid messages there itself,
   with `x-death-reason`, `x-error-type`, `x-error-message`, `x-attempts` and
-  `x-original-queue` headers. A consumer on a name ending in `.dlq` consumes it as is;
-  what its handler cannot take goes back to the tail of that same DLQ (never a `.dlq.dlq`).
+  `x-original-queue` headers. A consumer on a name ending in `.dlq` consumes it as is
+  and declares no retry queues: what its handler cannot take goes back to the tail of that
+  same DLQ after the backoff delay (the core's rule, see `streamtools._delivery`).
 - `<queue>.retry.<n>` (consumers only, n = 1..max_retries): durable delay queues without
   consumers whose expired messages dead-letter back to `<queue>`. A failed message is copied
   there with a per-message `expiration` (the backoff delay) and `x-streamtools-attempt`
@@ -27,36 +28,34 @@ crash or a cut connection redelivers instead of losing.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 import os
 import ssl as _ssl
-import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
-import msgspec
 from yarl import URL
 
-from streamtools._base import Capabilities, Consumer, Producer, Route, encode_reply
-from streamtools._delivery import backoff_delay
-from streamtools._codec import JSON, Metadata, new_metadata, type_name
+from streamtools._base import Capabilities, Producer
+from streamtools._binding import CE, content_type
+from streamtools._codec import Metadata, type_name
+from streamtools._delivery import DeliveryLost, Incoming, QueuedConsumer
+from streamtools._settings import choice, integer, seconds
 from streamtools._types import Queue, T
+from streamtools._window import SettleWindow
 from streamtools.errors import (
-    CodecError,
     ConfigurationError,
     ConnectError,
-    HandlerError,
     PublishError,
     ReplyTimeoutError,
     StreamtoolsError,
@@ -69,11 +68,7 @@ logger.addHandler(logging.NullHandler())
 
 QueueType = Literal["quorum", "classic"]
 
-ATTEMPT_HEADER: Final = "x-streamtools-attempt"
 REPLY_TO: Final = "amq.rabbitmq.reply-to"
-_CE_HEADERS: Final = ("ce-id", "ce-type", "ce-source", "ce-specversion", "ce-time")
-# Broker bookkeeping dropped when a message is copied to a retry or dead-letter queue.
-_BROKER_HEADERS: Final = ("x-death", "x-delivery-count")
 _RECONNECT_INTERVAL: Final = 1.0
 _REPUBLISH_TIMEOUT: Final = 30.0
 _SEND_OPTIONS: Final = frozenset({"expiration", "headers"})
@@ -109,6 +104,7 @@ def redact(url: URL | str) -> str:
 
 
 def _settings(
+    owner: str,
     url: str | None,
     ssl: _ssl.SSLContext | None,
     connect_timeout: float,
@@ -150,12 +146,13 @@ def _settings(
         parsed = parsed.with_port(5671 if parsed.scheme == "amqps" else 5672)
     if parsed.user is None:
         parsed = parsed.with_user("guest").with_password("guest")
-    if not connect_timeout > 0:
-        raise ConfigurationError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
-    if queue_type not in ("quorum", "classic"):
-        raise ConfigurationError(f"queue_type must be 'quorum' or 'classic', got {queue_type!r}")
-    checked: QueueType = "quorum" if queue_type == "quorum" else "classic"
-    return _Settings(parsed, ssl, float(connect_timeout), checked)
+    timeout = seconds(owner, "connect_timeout", connect_timeout, positive=True)
+    checked: QueueType = (
+        "quorum"
+        if choice(owner, "queue_type", queue_type, ("quorum", "classic")) == "quorum"
+        else "classic"
+    )
+    return _Settings(parsed, ssl, timeout, checked)
 
 
 # --- topology --------------------------------------------------------------------------------
@@ -191,11 +188,6 @@ def _topology(
         }
         declared.append((f"{name}.retry.{n}", delay))
     return declared
-
-
-def _dead_letter_target(name: str) -> str:
-    # A dead-letter queue's own failures stay in it (at its tail) instead of a `.dlq.dlq`.
-    return name if name.endswith(".dlq") else f"{name}.dlq"
 
 
 # --- error mapping: the one place aio-pika / aiormq errors become streamtools errors --------
@@ -280,115 +272,6 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, aiormq.exceptions.AMQPError | OSError | RuntimeError)
 
 
-class _DeliveryLost(Exception):
-    """The channel of the delivery being settled closed: the broker redelivers it anyway."""
-
-
-class _AckWindow:
-    """Acks one channel's deliveries in batches without acking any unfinished one.
-
-    Handlers finish out of order, so `basic.ack(multiple=True)` is sent only up to the
-    highest delivery tag below which every delivery is settled (acked here, or nacked on
-    its own before being marked). Everything finished in one loop iteration goes out as
-    one frame: at-least-once is kept (an ack only ever covers finished work), and a crash
-    redelivers at most the finished-but-not-yet-acked tail.
-
-    A slow handler at the head must not hold the prefetch credit of everything finished
-    behind it: once `spill` deliveries wait behind the head, they are acked one by one
-    (a later multiple=True ack skips them, as they are no longer outstanding).
-    """
-
-    __slots__ = (
-        "acked",
-        "alone",
-        "channel",
-        "finished",
-        "flushing",
-        "loose",
-        "pending",
-        "ready",
-        "spill",
-    )
-
-    def __init__(self, channel: aiormq.abc.AbstractChannel, spill: int) -> None:
-        self.channel = channel
-        self.spill = spill
-        self.pending: collections.deque[int] = collections.deque()  # tags in arrival order
-        self.finished: set[int] = set()  # settled tags behind the head, not acked yet
-        self.alone: set[int] = set()  # settled tags behind the head, acked one by one
-        self.loose: list[int] = []  # of those, the ones whose single ack is not sent yet
-        self.ready = 0  # the last plainly settled tag of the settled prefix: the ack target
-        self.acked = 0  # the tag last acked with multiple=True
-        self.flushing: asyncio.Task[None] | None = None
-
-    def received(self, tag: int) -> None:
-        self.pending.append(tag)
-
-    def settled(self, tag: int, *, nacked: bool = False) -> None:
-        """Mark `tag` done; schedule an ack for the contiguous settled prefix.
-
-        `nacked`: the delivery was already nacked on its own, so it must never be acked
-        singly (a multiple=True ack passing it is fine: it is no longer outstanding).
-
-        A multiple=True ack must name a tag that is still outstanding (RabbitMQ closes the
-        channel with PRECONDITION_FAILED otherwise), so `ready` only ever moves to a tag
-        settled plainly; tags settled on their own advance the prefix without becoming it.
-        """
-        pending, finished, alone = self.pending, self.finished, self.alone
-        if pending and pending[0] == tag:
-            pending.popleft()
-            if not nacked:
-                self.ready = tag
-            while pending and (pending[0] in finished or pending[0] in alone):
-                head = pending.popleft()
-                if head in finished:
-                    finished.discard(head)
-                    self.ready = head
-                else:
-                    alone.discard(head)
-        elif nacked:
-            alone.add(tag)
-            return
-        else:
-            finished.add(tag)
-            if len(finished) < self.spill:
-                return
-            alone.update(finished)
-            self.loose.extend(sorted(finished))
-            finished.clear()
-        if self.flushing is None:
-            # Runs after the current loop iteration: completions in it share one frame.
-            self.flushing = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            await self.drain()
-        finally:
-            self.flushing = None
-
-    async def drain(self) -> None:
-        """Send the pending acks now (also what graceful close calls before closing).
-
-        The only sender of a window's acks, so single acks always precede the multiple=True
-        ack that passes their tags (acking a tag twice would close the channel).
-        """
-        channel = self.channel
-        try:
-            while True:
-                if self.loose:
-                    loose, self.loose = self.loose, []
-                    for tag in loose:
-                        await channel.basic_ack(tag)
-                elif self.ready > self.acked:
-                    tag = self.acked = self.ready
-                    await channel.basic_ack(tag, multiple=True)
-                else:
-                    return
-        except Exception as exc:
-            # The channel closed: the broker redelivers everything unacked on it.
-            logger.info("ack failed, messages will be redelivered: %s", _reason(exc))
-
-
 # --- the connection shared by producers and consumers ----------------------------------------
 
 
@@ -467,7 +350,7 @@ class _Link:
                     if self.connection is None:
                         raise PublishError(f"{what}: not sent, the {self.role} is closed")
                     if delivery is not None and _channel_closed(delivery):
-                        raise _DeliveryLost
+                        raise DeliveryLost
                     try:
                         await channel.ready()
                         underlay = await channel.get_underlay_channel()
@@ -518,7 +401,7 @@ class _Link:
         properties = message.header.properties
         future = self.replies.get(properties.correlation_id or "")
         if future is not None and not future.done():
-            future.set_result((message.body, _content_type(properties.content_type)))
+            future.set_result((message.body, content_type(properties.content_type)))
 
     async def close(self) -> None:
         connection, self.connection = self.connection, None
@@ -614,23 +497,6 @@ def _channel_closed(delivery: aio_pika.abc.AbstractIncomingMessage) -> bool:
         return True
 
 
-def _content_type(value: str | None) -> str:
-    # Foreign peers send "application/json; charset=utf-8" or nothing at all.
-    if not value:
-        return JSON
-    return value.split(";", 1)[0].strip().lower() or JSON
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, bool | int | float):
-        return str(value)
-    return None
-
-
 def _timestamp(iso: str) -> datetime | None:
     try:
         return datetime.fromisoformat(iso)
@@ -652,17 +518,9 @@ def _properties(
     expiration in whole milliseconds, priority 0), which costs several microseconds per
     message on the publish path.
     """
-    all_headers: dict[str, object] = {
-        "ce-id": meta.id,
-        "ce-type": meta.type,
-        "ce-source": meta.source,
-        "ce-specversion": meta.specversion,
-        "ce-time": meta.time,
-    }
+    all_headers: dict[str, object] = dict(CE.write(meta))
     if headers:
         all_headers.update(headers)
-    if meta.attempt > 1:
-        all_headers[ATTEMPT_HEADER] = meta.attempt
     return aiormq.spec.Basic.Properties(
         content_type=meta.content_type,
         headers=all_headers,  # type: ignore[arg-type]  # pamqp's FieldTable is invariant
@@ -706,10 +564,10 @@ class RabbitMQProducer(Producer[T]):
         queue_type: QueueType = "quorum",
     ) -> None:
         super().__init__(queue, message_type=message_type, source=source, validate=validate)
-        self._settings = _settings(url, ssl, connect_timeout, queue_type)
-        if not send_timeout > 0:
-            raise ConfigurationError(f"send_timeout must be > 0 seconds, got {send_timeout}")
-        self.send_timeout = float(send_timeout)
+        self._settings = _settings(type(self).__name__, url, ssl, connect_timeout, queue_type)
+        self.send_timeout = seconds(
+            type(self).__name__, "send_timeout", send_timeout, positive=True
+        )
         self._link = _Link(self._settings, f"producer {self.queue.name}")
 
     def __repr__(self) -> str:
@@ -736,7 +594,7 @@ class RabbitMQProducer(Producer[T]):
         headers = options.get("headers") or {}
         if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
             raise ConfigurationError("send option headers must be a mapping of str to values")
-        reserved = [k for k in headers if k in _CE_HEADERS or k == ATTEMPT_HEADER]
+        reserved = [k for k in headers if k in CE.owned]
         if reserved:
             raise ConfigurationError(
                 f"send option headers may not set {', '.join(sorted(reserved))}; "
@@ -762,42 +620,6 @@ class RabbitMQProducer(Producer[T]):
             timeout=self.send_timeout,
             what=f"message {meta.id} to queue {self.queue.name!r}",
         )
-
-    async def send_many(self, msgs: Iterable[T], **options: object) -> list[str]:
-        """Send every message with pipelined confirms; return their ids in order.
-
-        All messages are encoded and validated before any is published. Raises PublishError
-        naming the messages that were not confirmed (the others were).
-        """
-        if not self._opened:
-            await self.a_init()
-        self._options(options)
-        codec = self._codec_for_send(options)
-        prepared = [
-            (
-                codec.encode(msg, validate=self.validate),
-                new_metadata(codec.type_name, self.source, codec.content_type),
-            )
-            for msg in msgs
-        ]
-        results = await asyncio.gather(
-            *(self._send(body, meta, options) for body, meta in prepared),
-            return_exceptions=True,
-        )
-        failed: list[tuple[int, str, BaseException]] = []
-        for index, ((_, meta), result) in enumerate(zip(prepared, results, strict=True)):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                failed.append((index, meta.id, result))
-        if failed:
-            listed = "; ".join(f"#{i} {mid}: {exc}" for i, mid, exc in failed[:10])
-            more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
-            raise PublishError(
-                f"{len(failed)} of {len(prepared)} messages to {self.queue.name!r} were not "
-                f"confirmed (the others were): {listed}{more}"
-            ) from failed[0][2]
-        return [meta.id for _, meta in prepared]
 
     async def _request(
         self, body: bytes, meta: Metadata, timeout: float, options: Mapping[str, object]
@@ -836,14 +658,97 @@ class RabbitMQProducer(Producer[T]):
 # --- consumer --------------------------------------------------------------------------------
 
 
-class RabbitMQConsumer(Consumer[T]):
+class _Incoming(Incoming):
+    """One AMQP delivery and the policy's hooks on it."""
+
+    __slots__ = ("consumer", "message", "window")
+
+    def __init__(
+        self,
+        consumer: RabbitMQConsumer[Any],
+        message: aio_pika.abc.AbstractIncomingMessage,
+        meta: Metadata,
+        window: SettleWindow | None,
+    ) -> None:
+        super().__init__(message.body, meta)
+        self.consumer = consumer
+        self.message = message
+        self.window = window
+
+    @property
+    def wants_reply(self) -> bool:
+        return bool(self.message.reply_to)
+
+    async def publish(self, target: str, meta: Metadata, delay: float) -> None:
+        consumer = self.consumer
+        expiration: float | None = None
+        if delay > 0:
+            if target == consumer.queue.name and not consumer.is_dead_letter_queue:
+                # A delay queue dead-letters the copy back once its per-message TTL expires.
+                target = f"{target}.retry.{meta.attempt - 1}"
+                expiration = max(delay, 0.001)
+            else:
+                await asyncio.sleep(delay)  # no delay queue here: hold the delivery meanwhile
+        # Confirmed before the original is settled.
+        await consumer._link.publish(
+            self.body,
+            _properties(meta, expiration=expiration),
+            target,
+            timeout=_REPUBLISH_TIMEOUT,
+            what=f"copy of message {meta.id} to {target!r}",
+            delivery=self.message,
+        )
+
+    async def settle(self) -> None:
+        tag = self.message.delivery_tag
+        if self.window is not None and tag is not None:
+            self.window.settled(tag)  # acknowledged in a batch, see SettleWindow
+            return
+        try:
+            await self.message.ack()
+        except Exception as exc:
+            # The delivery's channel closed: the broker redelivers it (at-least-once).
+            logger.info(
+                "ack failed, the message will be redelivered: %s",
+                _reason(exc),
+                extra={"queue": self.consumer.queue.name, "message_id": self.meta.id},
+            )
+
+    async def requeue(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.message.nack(requeue=True)
+        tag = self.message.delivery_tag
+        if self.window is not None and tag is not None:
+            # Nacked on its own first: a later multiple=True ack no longer covers it.
+            self.window.settled(tag, alone=True)
+
+    async def reply(self, body: bytes, content_type: str) -> None:
+        properties = aiormq.spec.Basic.Properties(
+            content_type=content_type,
+            correlation_id=self.message.correlation_id or self.meta.id,
+            delivery_mode=_NOT_PERSISTENT,
+            priority=0,
+        )
+        # Not mandatory: a requester that gave up is no reason to fail the delivery.
+        await self.consumer._link.publish(
+            body,
+            properties,
+            self.message.reply_to or "",
+            timeout=_REPUBLISH_TIMEOUT,
+            what=f"reply to message {self.meta.id}",
+            mandatory=False,
+        )
+
+
+class RabbitMQConsumer(QueuedConsumer[T]):
     """Competing consumer on a RabbitMQ queue; acks after the handler returns.
 
-    A handler exception is retried through `<queue>.retry.<n>` with exponential backoff
-    (`retry_delay`, doubling up to `max_retry_delay`) up to `max_retries` times, then the
-    message goes to `<queue>.dlq` with the error in headers; an invalid message goes there at
-    once. `prefetch` bounds the unacked deliveries (and so the handlers running at once).
-    After a lost connection the consumer re-subscribes by itself.
+    The delivery policy is the core's (see `streamtools._delivery`): retries go through
+    `<queue>.retry.<n>` with exponential backoff (`retry_delay`, doubling up to
+    `max_retry_delay`) up to `max_retries` times, then the message goes to `<queue>.dlq`
+    with the error in headers; an invalid message goes there at once. `prefetch` bounds the
+    unacked deliveries (and so the handlers running at once). After a lost connection the
+    consumer re-subscribes by itself.
     """
 
     transport = "RMQIOHandler"
@@ -866,27 +771,24 @@ class RabbitMQConsumer(Consumer[T]):
         shutdown_timeout: float = 30.0,
         queue_type: QueueType = "quorum",
     ) -> None:
-        super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
-        self._settings = _settings(url, ssl, connect_timeout, queue_type)
-        if prefetch < 1:
-            raise ConfigurationError(f"prefetch must be an int >= 1, got {prefetch!r}")
-        if max_retries < 0:
-            raise ConfigurationError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        if not retry_delay >= 0 or not max_retry_delay >= retry_delay:
-            raise ConfigurationError(
-                f"need 0 <= retry_delay <= max_retry_delay, got {retry_delay}, {max_retry_delay}"
-            )
-        self.prefetch = prefetch
-        self.max_retries = max_retries
-        self.retry_delay = float(retry_delay)
-        self.max_retry_delay = float(max_retry_delay)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            max_retry_delay=max_retry_delay,
+            shutdown_timeout=shutdown_timeout,
+        )
+        self._settings = _settings(type(self).__name__, url, ssl, connect_timeout, queue_type)
+        self.prefetch = integer(type(self).__name__, "prefetch", prefetch, minimum=1)
         self._link = _Link(self._settings, f"consumer {self.queue.name}")
         self._consume_channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._amqp_queue: aio_pika.abc.AbstractRobustQueue | None = None
         self._consumer_tag: str | None = None
         self._intake_stopped = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._acks: _AckWindow | None = None  # of the channel deliveries arrive on now
+        # The settle window of the channel deliveries arrive on now (a new one per channel).
+        self._window_channel: object = None
+        self._window: SettleWindow | None = None
         self._default_type = type_name(self.queue.message_type)
 
     def __repr__(self) -> str:
@@ -902,7 +804,7 @@ class RabbitMQConsumer(Consumer[T]):
         link = self._link
         await link.open()
         try:
-            topology = _topology(self.queue.name, self._settings.queue_type, self.max_retries)
+            topology = _topology(self.queue.name, self._settings.queue_type, self.retry_stages)
             await link.declare(topology)
             assert link.connection is not None
             with _map_errors(self._settings, f"opening consumer on {self.queue.name!r}"):
@@ -931,17 +833,11 @@ class RabbitMQConsumer(Consumer[T]):
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         if self._intake_stopped:
             return  # left unacked: the broker gives it to another consumer once we close
-        self._delivery_started()
-        window = self._window(message)
-        # Our own task, not aiormq's: a lost connection must not cancel a running handler.
-        task = asyncio.get_running_loop().create_task(
-            self._deliver(self.routes[0], message, window)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        meta = self._metadata(message)
+        self._accept(_Incoming(self, message, meta, self._window_of(message)))
 
-    def _window(self, message: aio_pika.abc.AbstractIncomingMessage) -> _AckWindow | None:
-        """The ack window of the delivery's channel (a new one after a reconnect)."""
+    def _window_of(self, message: aio_pika.abc.AbstractIncomingMessage) -> SettleWindow | None:
+        """The settle window of the delivery's channel (a new one after a reconnect)."""
         tag = message.delivery_tag
         try:
             channel = message.channel
@@ -949,232 +845,30 @@ class RabbitMQConsumer(Consumer[T]):
             return None
         if tag is None:
             return None
-        window = self._acks
-        if window is None or window.channel is not channel:
-            window = self._acks = _AckWindow(channel, spill=max(1, self.prefetch // 4))
+        window = self._window
+        if window is None or self._window_channel is not channel:
+
+            async def ack(position: int, multiple: bool) -> None:
+                await channel.basic_ack(position, multiple=multiple)
+
+            window = self._window = SettleWindow(ack, spill=max(1, self.prefetch // 4))
+            self._window_channel = channel
         window.received(tag)
         return window
 
     def _metadata(self, message: aio_pika.abc.AbstractIncomingMessage) -> Metadata:
-        headers = message.headers or {}
-
-        def header(key: str) -> str | None:
-            return _text(headers.get(key))
-
-        try:
-            attempt = max(1, int(str(header(ATTEMPT_HEADER) or 1)))
-        except ValueError:
-            attempt = 1
         stamp = message.timestamp
         if stamp is not None and stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=UTC)
-        extra = {
-            key: text
-            for key, value in headers.items()
-            if key not in _CE_HEADERS
-            and key != ATTEMPT_HEADER
-            and (text := _text(value)) is not None
-        }
-        return Metadata(
-            id=header("ce-id") or message.message_id or str(uuid.uuid4()),
-            type=header("ce-type") or message.type or self._default_type,
-            source=header("ce-source") or message.app_id or "",
-            time=header("ce-time")
-            or (stamp or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
-            content_type=_content_type(message.content_type),
-            specversion=header("ce-specversion") or "1.0",
-            attempt=attempt,
-            headers=extra,
+        return CE.read(
+            message.headers or {},
+            default_type=self._default_type,
+            ct=content_type(message.content_type),
+            id=message.message_id,
+            type=message.type,
+            source=message.app_id or "",
+            time=stamp.isoformat().replace("+00:00", "Z") if stamp is not None else None,
         )
-
-    async def _deliver(
-        self,
-        route: Route[T],
-        message: aio_pika.abc.AbstractIncomingMessage,
-        window: _AckWindow | None,
-    ) -> None:
-        name = self.queue.name
-        meta: Metadata | None = None
-        try:
-            meta = self._metadata(message)
-            try:
-                reply = await self._process(route, message.body, meta)
-            except CodecError as exc:
-                logger.warning(
-                    "invalid message dead-lettered: %s",
-                    exc,
-                    extra={"queue": name, "message_id": meta.id},
-                )
-                await self._dead_letter(message, meta, exc, "invalid")
-            except HandlerError as exc:
-                if meta.attempt > self.max_retries:
-                    logger.error(
-                        "message dead-lettered after %d attempts: %s",
-                        meta.attempt,
-                        exc.__cause__,
-                        extra={"queue": name, "message_id": meta.id},
-                    )
-                    await self._dead_letter(message, meta, exc, "max-retries")
-                else:
-                    await self._retry(message, meta, exc)
-            else:
-                if message.reply_to:
-                    await self._reply(message, meta, reply)
-            await self._settle(message, meta, window)
-        except asyncio.CancelledError:
-            # Shutdown timed out mid-handler: left unacked, closing the channel requeues it.
-            raise
-        except _DeliveryLost:
-            logger.info(
-                "connection lost mid-delivery; the broker redelivers the message",
-                extra={"queue": name, "message_id": meta.id if meta else message.message_id},
-            )
-        except Exception:
-            # A failure of ours (e.g. the retry queue is gone): requeue after a pause rather
-            # than lose the message or spin on it.
-            logger.exception(
-                "delivery failed; requeueing",
-                extra={"queue": name, "message_id": meta.id if meta else message.message_id},
-            )
-            await asyncio.sleep(self.retry_delay)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
-            if window is not None and message.delivery_tag is not None:
-                # Nacked on its own first: a later multiple=True ack no longer covers it.
-                window.settled(message.delivery_tag, nacked=True)
-        finally:
-            self._delivery_done()
-
-    def _copy_headers(self, message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, object]:
-        return {
-            key: value
-            for key, value in (message.headers or {}).items()
-            if key not in _CE_HEADERS
-            and key != ATTEMPT_HEADER
-            and key not in _BROKER_HEADERS
-            and not key.startswith(("x-first-death-", "x-last-death-"))
-        }
-
-    def _copy_meta(self, meta: Metadata, attempt: int) -> Metadata:
-        return Metadata(
-            id=meta.id,
-            type=meta.type,
-            source=meta.source,
-            time=meta.time,
-            content_type=meta.content_type,
-            specversion=meta.specversion,
-            attempt=attempt,
-        )
-
-    async def _retry(
-        self, message: aio_pika.abc.AbstractIncomingMessage, meta: Metadata, exc: HandlerError
-    ) -> None:
-        attempt = meta.attempt
-        delay = backoff_delay(attempt, self.retry_delay, self.max_retry_delay)
-        logger.info(
-            "handler failed, retry %d in %.2f s: %s",
-            attempt,
-            delay,
-            exc.__cause__,
-            extra={"queue": self.queue.name, "message_id": meta.id},
-        )
-        # Confirmed before the original is acked; the copy's TTL is the backoff delay.
-        await self._link.publish(
-            message.body,
-            _properties(
-                self._copy_meta(meta, attempt + 1),
-                headers=self._copy_headers(message),
-                expiration=max(delay, 0.001),
-            ),
-            f"{self.queue.name}.retry.{attempt}",
-            timeout=_REPUBLISH_TIMEOUT,
-            what=f"retry of message {meta.id}",
-            delivery=message,
-        )
-
-    async def _dead_letter(
-        self,
-        message: aio_pika.abc.AbstractIncomingMessage,
-        meta: Metadata,
-        error: StreamtoolsError,
-        reason: str,
-    ) -> None:
-        cause = error.__cause__ if isinstance(error, HandlerError) and error.__cause__ else error
-        target = _dead_letter_target(self.queue.name)
-        headers: dict[str, object] = {
-            **self._copy_headers(message),
-            "x-death-reason": reason,
-            "x-error-type": type(cause).__name__,
-            "x-error-message": str(cause)[:1000],
-            "x-attempts": str(meta.attempt),
-            "x-original-queue": meta.headers.get("x-original-queue", self.queue.name)
-            if target == self.queue.name
-            else self.queue.name,
-        }
-        # Back in its own DLQ a message starts over, so a failing DLQ handler backs off.
-        attempt = 1 if target == self.queue.name else meta.attempt
-        await self._link.publish(
-            message.body,
-            _properties(self._copy_meta(meta, attempt), headers=headers),
-            target,
-            timeout=_REPUBLISH_TIMEOUT,
-            what=f"dead-lettering message {meta.id}",
-            delivery=message,
-        )
-
-    async def _reply(
-        self,
-        message: aio_pika.abc.AbstractIncomingMessage,
-        meta: Metadata,
-        reply: object,
-    ) -> None:
-        if reply is not None and not isinstance(reply, msgspec.Struct):
-            logger.error(
-                "handler returned %s, not a Struct; replying null",
-                type(reply).__name__,
-                extra={"queue": self.queue.name, "message_id": meta.id},
-            )
-            reply = None
-        body = encode_reply(reply, meta.content_type)
-        answer = aio_pika.Message(
-            body,
-            content_type=meta.content_type,
-            correlation_id=message.correlation_id or meta.id,
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-        )
-        try:
-            # Not mandatory: a requester that gave up is no reason to fail the delivery.
-            await self._link.publish(
-                answer.body,
-                answer.properties,
-                message.reply_to or "",
-                timeout=_REPUBLISH_TIMEOUT,
-                what=f"reply to message {meta.id}",
-                mandatory=False,
-            )
-        except StreamtoolsError as exc:
-            logger.warning(
-                "reply not sent: %s", exc, extra={"queue": self.queue.name, "message_id": meta.id}
-            )
-
-    async def _settle(
-        self,
-        message: aio_pika.abc.AbstractIncomingMessage,
-        meta: Metadata,
-        window: _AckWindow | None,
-    ) -> None:
-        if window is not None and message.delivery_tag is not None:
-            window.settled(message.delivery_tag)  # acked in a batch, see _AckWindow
-            return
-        try:
-            await message.ack()
-        except Exception as exc:
-            # The delivery's channel closed: the broker redelivers it (at-least-once).
-            logger.info(
-                "ack failed, the message will be redelivered: %s",
-                _reason(exc),
-                extra={"queue": self.queue.name, "message_id": meta.id},
-            )
 
     async def _stop_intake(self) -> None:
         self._intake_stopped = True
@@ -1185,19 +879,12 @@ class RabbitMQConsumer(Consumer[T]):
                 async with asyncio.timeout(self._settings.connect_timeout):
                     await queue.cancel(tag)
 
-    async def _abort_inflight(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
     async def _close(self) -> None:
-        window = self._acks
+        window = self._window
         if window is not None:
             # Ack what the handlers finished before the connection goes.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._settings.connect_timeout):
-                    if window.flushing is not None:
-                        await asyncio.wait([window.flushing])
-                    await window.drain()
+                    await window.close()
         # Closing the connection returns every unacked delivery to the queue.
         await self._link.close()
