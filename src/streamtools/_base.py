@@ -219,8 +219,8 @@ class Producer(_Endpoint, Generic[T]):
         failed: list[tuple[int, str, Exception]] = []
         for index, ((_, meta), result) in enumerate(zip(prepared, results, strict=True)):
             if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
+                if not isinstance(result, Exception) or isinstance(result, ConfigurationError):
+                    raise result  # a wrong option or a closed producer: not a delivery failure
                 failed.append((index, meta.id, result))
         if failed:
             listed = "; ".join(f"#{i} {mid}: {exc}" for i, mid, exc in failed[:10])

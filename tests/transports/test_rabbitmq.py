@@ -786,3 +786,35 @@ async def test_producers_and_consumers_of_a_process_share_one_connection(
         await asyncio.gather(producer.close(), *(c.close() for c in consumers))
         await delete_queues(rabbitmq_url, names)
     assert shared.is_closed  # the last one closed it
+
+
+async def test_original_is_kept_until_its_retry_copy_is_confirmed(
+    rabbitmq_url: str, queue: str, raw: aio_pika.abc.AbstractChannel
+) -> None:
+    """Deterministic: the retry queue is gone, so the broker returns the copy (unroutable).
+
+    Had the original been acked before its copy was confirmed, the message would be lost
+    here; instead the delivery fails, is requeued unchanged, and its next delivery (attempt
+    1 again, not a retry copy's 2) is handled.
+    """
+    calls: list[int] = []
+    consumer = RabbitMQConsumer(
+        Queue(queue, Order), url=rabbitmq_url, max_retries=1, retry_delay=0.05
+    )
+
+    @consumer()
+    async def handle(msg: Order) -> None:
+        calls.append(current_metadata().attempt)
+        if len(calls) == 1:
+            raise RuntimeError("fails once")
+
+    await consumer.a_init()
+    await raw.queue_delete(f"{queue}.retry.1")
+    await consumer.start()
+    try:
+        async with RabbitMQProducer(Queue(queue, Order), url=rabbitmq_url) as producer:
+            await producer.send(order(1))
+        await wait_until(lambda: len(calls) >= 2, "the requeued original")
+    finally:
+        await consumer.close()
+    assert calls == [1, 1]

@@ -1,0 +1,146 @@
+"""Hand-made mutation check: each mutant is a plausible bug; the suite must catch every one.
+
+Run with `make mutate`. For each mutant the file is changed in place, the tests that should
+catch it run, and the file is restored (also on Ctrl-C). A mutant the tests do not catch is
+"survived": the tests have a gap. Exits 1 when any mutant survives or the unmutated tests fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore"]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = (
+    Mutant(
+        "backoff_delay ignores its maximum",
+        "src/streamtools/_delivery.py",
+        "ceiling = min(maximum, initial * 2.0 ** min(attempt - 1, 64))",
+        "ceiling = initial * 2.0 ** min(attempt - 1, 64)",
+        ("tests/test_delivery.py",),
+    ),
+    Mutant(
+        "a_init races (no re-check under the lock)",
+        "src/streamtools/_base.py",
+        "            if not self._opened:\n                await self._open()",
+        "            if True:\n                await self._open()",
+        ("tests/test_delivery.py::test_concurrent_a_init_opens_once",),
+    ),
+    Mutant(
+        "the original is acked before its retry copy is confirmed",
+        "src/streamtools/_delivery.py",
+        "            try:\n                reply = await self._process(route, incoming.body, meta)",
+        "            await incoming.settle()\n"
+        "            try:\n                reply = await self._process(route, incoming.body, meta)",
+        (
+            "tests/transports/test_rabbitmq.py::test_original_is_kept_until_its_retry_copy_is_confirmed",
+        ),
+    ),
+    Mutant(
+        "every message is delivered twice",
+        "src/streamtools/transports/memory.py",
+        "        await broker._put(self.queue.name, _Delivery(body, meta))",
+        "        await broker._put(self.queue.name, _Delivery(body, meta))\n"
+        "        await broker._put(self.queue.name, _Delivery(body, meta))",
+        (
+            "tests/conformance/test_conformance.py::test_publish_then_subscribe_delivers_all_intact[MemoryHandler]",
+        ),
+    ),
+    Mutant(
+        "close() marks closed but does not stop the consumer",
+        "src/streamtools/_base.py",
+        "            try:\n                await self._shutdown()",
+        "            try:\n                pass",
+        (
+            "tests/conformance/test_conformance.py::test_concurrent_close_is_safe_and_idempotent[MemoryHandler]",
+        ),
+    ),
+    Mutant(
+        "a failing .dlq consumer dead-letters to .dlq.dlq",
+        "src/streamtools/_delivery.py",
+        "        self.dead_letter_queue = dead_letter_queue(name)",
+        "        self.dead_letter_queue = f'{name}.dlq'",
+        (
+            "tests/conformance/test_conformance.py"
+            "::test_failing_dead_letter_consumer_keeps_the_message_in_its_queue",
+            "-k",
+            "MemoryHandler or RMQIOHandler",
+        ),
+    ),
+    Mutant(
+        "the dead-letter headers lose x-original-queue",
+        "src/streamtools/_delivery.py",
+        '                "x-original-queue": self.queue.name,\n',
+        "",
+        (
+            "tests/conformance/test_conformance.py::test_poison_message_is_dead_lettered_after_retry_limit[MemoryHandler]",
+        ),
+    ),
+    Mutant(
+        "the settle window acks past an unfinished head",
+        "src/streamtools/_window.py",
+        "            if self.spill is None or len(finished) < self.spill:\n                return",
+        "            self.ready = max(self.ready, position)\n"
+        "            if self.spill is None or len(finished) < self.spill:\n                return",
+        ("tests/test_delivery.py::test_window_acks_exactly_the_finished_prefix",),
+    ),
+    Mutant(
+        "a foreign attempt header is trusted as is",
+        "src/streamtools/_binding.py",
+        "    return attempt if attempt >= 1 else 1",
+        "    return attempt",
+        ("tests/test_binding.py",),
+    ),
+)
+
+
+def run(tests: tuple[str, ...]) -> bool:
+    """Whether the tests pass."""
+    done = subprocess.run([*PYTEST, *tests], cwd=ROOT, capture_output=True, timeout=600)
+    return done.returncode == 0
+
+
+def main() -> int:
+    started = time.monotonic()
+    every = tuple(dict.fromkeys(t for m in MUTANTS for t in m.tests if t.startswith("tests/")))
+    if not run((*every, "-k", "not HTTPHandler")):
+        print("mutate: the unmutated tests fail; fix them first", file=sys.stderr)
+        return 1
+    survived = []
+    for mutant in MUTANTS:
+        path = ROOT / mutant.path
+        original = path.read_text()
+        if original.count(mutant.old) != 1:
+            print(f"mutate: {mutant.name}: the code it mutates changed; update the mutant")
+            survived.append(mutant)
+            continue
+        try:
+            path.write_text(original.replace(mutant.old, mutant.new))
+            caught = not run(mutant.tests)
+        finally:
+            path.write_text(original)
+        print(f"{'killed  ' if caught else 'SURVIVED'} {mutant.name}")
+        if not caught:
+            survived.append(mutant)
+    killed = len(MUTANTS) - len(survived)
+    print(f"mutation score: {killed}/{len(MUTANTS)} killed in {time.monotonic() - started:.0f} s")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The core delivery pieces without a broker: backoff, the settle window, settings, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamtools import CONSUMER_LOOPS, PRODUCERS, ConfigurationError, Queue
+from streamtools._codec import Metadata
+from streamtools._delivery import backoff_delay, dead_letter_queue
+from streamtools._window import SettleWindow
+from streamtools.transports.memory import MemoryBroker, MemoryConsumer, MemoryProducer
+from tests.conftest import unique_name
+
+
+class Point(msgspec.Struct):
+    x: int
+
+
+# -- backoff ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 5, 10, 40, 2000])
+def test_backoff_stays_within_its_ceiling_and_maximum(attempt: int) -> None:
+    rnd = random.Random(attempt)
+    random.seed(rnd.random())
+    ceiling = min(4.0, 0.1 * 2 ** min(attempt - 1, 64))
+    for _ in range(200):
+        delay = backoff_delay(attempt, 0.1, 4.0)
+        # Full jitter in the upper half: never early, never past the maximum.
+        assert ceiling / 2 <= delay <= ceiling
+        assert delay <= 4.0
+
+
+def test_backoff_doubles_until_the_maximum() -> None:
+    highest = [max(backoff_delay(n, 1.0, 10.0) for _ in range(300)) for n in range(1, 7)]
+    assert highest[0] <= 1.0 < highest[1] <= 2.0 < highest[2] <= 4.0 < highest[3] <= 8.0
+    assert all(h <= 10.0 for h in highest[4:])
+
+
+def test_a_dead_letter_queue_keeps_its_own_failures() -> None:
+    assert dead_letter_queue("orders") == "orders.dlq"
+    assert dead_letter_queue("orders.dlq") == "orders.dlq"
+
+
+# -- the settle window, against a model of RabbitMQ's acknowledgement rules ----------------
+
+
+class _Broker:
+    """What RabbitMQ allows: an ack (single or multiple) must name an outstanding tag."""
+
+    def __init__(self, tags: list[int]) -> None:
+        self.outstanding = set(tags)
+        self.acked: set[int] = set()
+
+    def reject(self, tag: int) -> None:
+        self.outstanding.remove(tag)
+
+    async def ack(self, tag: int, multiple: bool) -> None:
+        if tag not in self.outstanding:
+            raise AssertionError(f"ack of {tag} which is not outstanding: the channel closes")
+        covered = {t for t in self.outstanding if t <= tag} if multiple else {tag}
+        self.outstanding -= covered
+        self.acked |= covered
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(1, 80),
+    spill=st.sampled_from([None, 1, 3, 16]),
+    seed=st.integers(0, 2**32),
+    first=st.integers(0, 1),
+)
+def test_window_acks_exactly_the_finished_prefix(
+    count: int, spill: int | None, seed: int, first: int
+) -> None:
+    """Property: no unfinished or rejected delivery is ever acked, no ack is refused, and
+    what stays unacked among the finished is only the tail behind an unfinished head."""
+    rnd = random.Random(seed)
+    tags = list(range(first, first + count))  # RabbitMQ tags start at 1, Kafka offsets at 0
+
+    async def scenario() -> None:
+        broker = _Broker(tags)
+        window = SettleWindow(broker.ack, spill=spill)
+        for tag in tags:
+            window.received(tag)
+        order = tags[:]
+        rnd.shuffle(order)
+        done = order[: rnd.randint(0, count)]
+        finished, rejected = set(), set()
+        for tag in done:
+            if spill is not None and rnd.random() < 0.15:
+                broker.reject(tag)  # nacked on its own first, as the requeue hook does
+                window.settled(tag, alone=True)
+                rejected.add(tag)
+            else:
+                window.settled(tag)
+                finished.add(tag)
+            if rnd.random() < 0.3:
+                await asyncio.sleep(0)
+        await window.close()
+        unfinished = set(tags) - finished - rejected
+        assert broker.acked <= finished
+        assert not broker.acked & unfinished
+        head = min(unfinished, default=None)
+        prefix = {t for t in finished if head is None or t < head}
+        assert prefix <= broker.acked  # the whole settled prefix went out
+        left = finished - broker.acked
+        if spill is not None:
+            assert len(left) < spill
+
+    asyncio.run(scenario())
+
+
+async def test_window_sends_one_cumulative_ack_for_a_batch() -> None:
+    calls: list[tuple[int, bool]] = []
+
+    async def ack(tag: int, multiple: bool) -> None:
+        calls.append((tag, multiple))
+
+    window = SettleWindow(ack, spill=None)
+    for tag in range(1, 11):
+        window.received(tag)
+    for tag in reversed(range(1, 11)):  # all finish in one loop iteration, out of order
+        window.settled(tag)
+    await window.close()
+    assert calls == [(10, True)]
+
+
+# -- settings: one checker, one message style ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transport", "setting", "value", "message"),
+    [
+        (
+            "RMQIOHandler",
+            "prefetch",
+            "5",
+            "RabbitMQConsumer: prefetch must be an int >= 1, got '5'",
+        ),
+        ("RMQIOHandler", "prefetch", 0, "prefetch must be an int >= 1, got 0"),
+        ("MemoryHandler", "retry_delay", -1, "retry_delay must be seconds >= 0, got -1"),
+        ("MemoryHandler", "max_retries", True, "max_retries must be an int >= 0, got True"),
+        ("MemoryHandler", "max_in_flight", 0, "max_in_flight must be an int >= 1, got 0"),
+        ("RMQIOHandler", "max_retry_delay", 0.5, "max_retry_delay must be seconds >= retry_delay"),
+        ("RMQIOHandler", "queue_type", "stream", "queue_type must be 'quorum' or 'classic'"),
+        ("RMQIOHandler", "connect_timeout", float("nan"), "connect_timeout must be seconds > 0"),
+    ],
+)
+def test_a_bad_setting_names_the_class_the_setting_and_the_value(
+    transport: str, setting: str, value: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        CONSUMER_LOOPS[transport]("orders", **{setting: value})
+
+
+@pytest.mark.parametrize("transport", ["MemoryHandler", "RMQIOHandler", "HTTPHandler"])
+def test_a_keyword_the_transport_does_not_take_is_a_configuration_error(transport: str) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"takes no setting nonsense; it accepts: "
+    ) as info:
+        PRODUCERS[transport]("orders", nonsense=1)
+    assert transport in str(info.value)
+    with pytest.raises(ConfigurationError, match="takes no setting nonsense"):
+        CONSUMER_LOOPS[transport]("orders", nonsense=1)
+
+
+def test_rabbitmq_refuses_http_settings_with_the_list_it_takes() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        PRODUCERS["RMQIOHandler"]("orders", port=9000)
+    assert "takes no setting port" in str(info.value)
+    assert "send_timeout" in str(info.value)
+    assert "url" in str(info.value)
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+class _CountingProducer(MemoryProducer[Any]):
+    opens = 0
+
+    async def _open(self) -> None:
+        await asyncio.sleep(0.01)  # a real transport awaits its connection here
+        type(self).opens += 1
+        await super()._open()
+
+
+async def test_concurrent_a_init_opens_once() -> None:
+    producer = _CountingProducer(unique_name())
+    await asyncio.gather(*(producer.a_init() for _ in range(5)))
+    await asyncio.gather(*(producer.send({"n": n}) for n in range(3)))
+    assert _CountingProducer.opens == 1
+    await producer.close()
+
+
+async def test_send_many_sends_all_in_order_on_every_base_producer() -> None:
+    broker = MemoryBroker()
+    name = unique_name()
+    producer = MemoryProducer(Queue(name, Point), broker=broker)
+    got: list[tuple[int, Metadata]] = []
+    consumer = MemoryConsumer(Queue(name, Point), broker=broker)
+
+    @consumer()
+    async def handle(msg: Point) -> None:
+        from streamtools import current_metadata
+
+        got.append((msg.x, current_metadata()))
+
+    async with producer:
+        ids = await producer.send_many([Point(x=n) for n in range(20)])
+        await consumer.start()
+        for _ in range(200):
+            if len(got) == 20:
+                break
+            await asyncio.sleep(0.01)
+        await consumer.close()
+    assert len(ids) == len(set(ids)) == 20
+    assert sorted(x for x, _ in got) == list(range(20))
+    assert {meta.id for _, meta in got} == set(ids)
+
+
+async def test_send_many_names_what_was_not_accepted() -> None:
+    producer = MemoryProducer(unique_name(), broker=MemoryBroker())
+    async with producer:
+        with pytest.raises(ConfigurationError, match="takes no options"):
+            await producer.send_many([{"a": 1}], priority=1)
+    with pytest.raises(ConfigurationError, match="is closed"):
+        await producer.send_many([{"a": 1}])
