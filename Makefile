@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SRC := src tests examples benchmarks
 PYTEST_ARGS ?=
 
-.PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick clean
+.PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick dist clean
 
 all: check
 
@@ -53,5 +53,9 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
+# sdist + wheel into dist/ (hatchling writes nothing else), then checked by scripts/check_dist.py
+dist: $(STAMP)
+	PYTHON=$(BIN)/python scripts/dist.sh
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build *.egg-info src/*.egg-info

@@ -177,6 +177,7 @@ async def test_cli_run_then_send_over_http(tmp_path: Path) -> None:
             "127.0.0.1",
             "--port",
             str(port),
+            "--raw",  # a queue of the test's own, with no contract in examples.contracts
         ]
         sent = await loop.run_in_executor(None, lambda: run(*args, stdin=order))
         assert sent.returncode == 0, sent.stderr

@@ -88,7 +88,21 @@ class Registry(Mapping[str, C], Generic[C]):
         target = self._targets[canonical]
         if isinstance(target, str):
             module, _, attr = target.partition(":")
-            target = self._targets[canonical] = getattr(importlib.import_module(module), attr)
+            try:
+                imported = importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name is None or exc.name.partition(".")[0] == "streamtools":
+                    raise
+                # A built-in transport's client library is the extra named after its module.
+                fix = (
+                    f"pip install 'streamtools[{module.rpartition('.')[2]}]'"
+                    if module.startswith("streamtools.transports.")
+                    else f"install {exc.name}"
+                )
+                raise ConfigurationError(
+                    f"the {canonical} transport needs {exc.name}, which is not installed: {fix}"
+                ) from exc
+            target = self._targets[canonical] = getattr(imported, attr)
         # The class's constructor is the Protocol's __call__; mypy cannot see through `type`.
         return cast(C, target)
 

@@ -1,8 +1,13 @@
-"""The `streamtools` command line: `streamtools <command> ...`.
+"""The `streamtools` command line: `streamtools <command> ...` (or `python -m streamtools`).
 
 Each subcommand is one `_cmd_<name>(args) -> int` function, registered in `build_parser()`
 with `set_defaults(handler=...)`. Errors are one line on stderr (`error: ...`) and a
 non-zero exit status: 1 when the command failed, 2 for a usage error; never a traceback.
+
+Contracts: `queues`, `send`, `run` and `asyncapi` import the package named by `--contracts`
+(default `$STREAMTOOLS_CONTRACTS`, else `generated`). As with `python -m`, the working
+directory comes first on `sys.path`, so a service's own `generated/` is found. An import
+error inside that package is shown, never taken for "no contracts".
 """
 
 from __future__ import annotations
@@ -12,29 +17,77 @@ import asyncio
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from importlib import metadata
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from streamtools import codegen
 from streamtools._codec import codec_for
-from streamtools._contracts import registered_contracts
 from streamtools._helpers import ConsumerFactory, ConsumerRunner
 from streamtools._registry import PRODUCERS
+from streamtools._types import Queue
+from streamtools._version import __version__
 from streamtools.errors import ConfigurationError, StreamtoolsError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DEFAULT_CONTRACTS", "build_parser", "load_contracts", "main"]
 
 _Handler = Callable[[argparse.Namespace], int]
 
+DEFAULT_CONTRACTS = "generated"
+"""The contracts package when neither --contracts nor STREAMTOOLS_CONTRACTS names one."""
 
-def _version() -> str:
+
+def _add_contracts_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--contracts",
+        metavar="PKG",
+        default=None,
+        help="package of generated contracts (default: $STREAMTOOLS_CONTRACTS, else "
+        f"{DEFAULT_CONTRACTS!r}; the working directory is searched first)",
+    )
+
+
+def load_contracts(package: str | None, *, required: bool = True) -> Mapping[str, Queue[Any]]:
+    """Import the contracts `package` (None: the default) and return its queues by name.
+
+    A missing package is a ConfigurationError when it was named or `required`; an error raised
+    while importing it is a ConfigurationError that shows that error and where it happened.
+    The package is also made the one bare queue names resolve against (STREAMTOOLS_CONTRACTS).
+    """
+    named = package or os.environ.get("STREAMTOOLS_CONTRACTS") or None
+    module_name = named or DEFAULT_CONTRACTS
+    os.environ["STREAMTOOLS_CONTRACTS"] = module_name
     try:
-        return metadata.version("streamtools")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name != missing and not module_name.startswith(f"{missing}."):
+            # the package exists; something it imports does not
+            raise ConfigurationError(_import_failure(module_name, exc)) from exc
+        if named is None and not required:
+            return {}
+        raise ConfigurationError(
+            f"no contracts package {module_name!r} (searched {os.getcwd()} and sys.path); "
+            "pass --contracts PKG or set STREAMTOOLS_CONTRACTS, or generate one with "
+            "'streamtools codegen SCHEMAS_DIR OUT_DIR'"
+        ) from None
+    except Exception as exc:  # whatever the package raised on import: show it as it is
+        raise ConfigurationError(_import_failure(module_name, exc)) from exc
+    queues = getattr(module, "QUEUES", None)
+    if not isinstance(queues, Mapping):
+        raise ConfigurationError(
+            f"{module_name!r} has no QUEUES mapping; is it a package 'streamtools codegen' wrote?"
+        )
+    return dict(queues)
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    shown = "".join(traceback.format_exception_only(exc)).strip().replace("\n", " ")
+    return f"importing contracts package {module_name!r} failed: {shown}{where}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamtools", description="Typed, async messaging between microservices."
     )
-    parser.add_argument("--version", action="version", version=f"streamtools {_version()}")
+    parser.add_argument("--version", action="version", version=f"streamtools {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     gen = commands.add_parser(
@@ -64,13 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="host HTTP consumers listen on")
     run.add_argument("--port", type=int, help="port HTTP consumers listen on")
     run.add_argument("--transport", help="serve the factory's routes on this transport instead")
+    _add_contracts_option(run)
     run.set_defaults(handler=_cmd_run)
 
     send = commands.add_parser(
         "send",
         help="validate a JSON message against its queue's contract and send it",
-        description="Send JSON to QUEUE (validated against the queue's generated contract, "
-        "if it has one). Prints the message id, or with --request the reply as JSON.",
+        description="Send JSON to QUEUE, validated against the queue's contract in the "
+        "contracts package (--raw: send it unvalidated). Prints the message id, or with "
+        "--request the reply as JSON.",
     )
     send.add_argument("queue", metavar="QUEUE", help="queue name, e.g. orders.created")
     send.add_argument("message", metavar="JSON", help="the message as JSON ('-' reads stdin)")
@@ -84,14 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--url", help="RabbitMQ: amqp:// URL (default: the RMQ_* variables)")
     send.add_argument("--request", action="store_true", help="wait for the handler's reply")
     send.add_argument("--timeout", type=float, default=30.0, help="reply timeout in seconds")
+    send.add_argument(
+        "--raw", action="store_true", help="send without a contract: any JSON, not validated"
+    )
+    _add_contracts_option(send)
     send.set_defaults(handler=_cmd_send)
 
     queues = commands.add_parser(
         "queues",
         help="list the queue contracts and their message types",
-        description="List the queues of the contracts package ($STREAMTOOLS_CONTRACTS, "
-        "default `generated`) with their message types and fields.",
+        description="List the queues of the contracts package (--contracts, else "
+        "$STREAMTOOLS_CONTRACTS, else `generated`) with their message types and fields.",
     )
+    _add_contracts_option(queues)
     queues.set_defaults(handler=_cmd_queues)
     return parser
 
@@ -104,7 +164,6 @@ def _load_target(target: str) -> object:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ConfigurationError(f"expected MODULE:ATTR, got {target!r}")
-    sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -116,6 +175,8 @@ def _load_target(target: str) -> object:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # Bare queue names in the service resolve against these contracts; none is fine here.
+    load_contracts(args.contracts, required=False)
     _runner_for(_load_target(args.target), args).run()
     return 0
 
@@ -151,15 +212,25 @@ def _runner_for(target: object, args: argparse.Namespace) -> ConsumerRunner:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
+    producer_class = PRODUCERS[args.transport]  # an unknown transport is the first error
     raw = sys.stdin.read() if args.message == "-" else args.message
-    contract = registered_contracts().get(args.queue)
-    message_type: type[Any] = contract.message_type if contract is not None else object
+    message_type: type[Any] = object
+    if not args.raw:
+        contracts = load_contracts(args.contracts)
+        contract = contracts.get(args.queue)
+        if contract is None:
+            known = ", ".join(sorted(contracts)) or "none"
+            raise ConfigurationError(
+                f"no contract for queue {args.queue!r} in {os.environ['STREAMTOOLS_CONTRACTS']!r} "
+                f"(its queues: {known}); pass --contracts PKG, or --raw to send unvalidated JSON"
+            )
+        message_type = contract.message_type
     message = codec_for(message_type).decode(raw.encode())
     settings: dict[str, object] = {}
     for key in ("host", "port", "url"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    producer = PRODUCERS[args.transport](args.queue, **settings)
+    producer = producer_class(args.queue, **settings)
 
     async def send() -> str:
         async with producer:
@@ -173,9 +244,13 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_queues(args: argparse.Namespace) -> int:
-    contracts = registered_contracts()
+    contracts = load_contracts(args.contracts)
     if not contracts:
-        print("no queue contracts found; run `make codegen` or set STREAMTOOLS_CONTRACTS")
+        print(
+            f"error: {os.environ['STREAMTOOLS_CONTRACTS']!r} defines no queues (no x-queue in "
+            "its schemas)",
+            file=sys.stderr,
+        )
         return 1
     width = max(len(name) for name in contracts)
     for name, contract in sorted(contracts.items()):
@@ -186,6 +261,9 @@ def _cmd_queues(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
+    # As `python -m` does: a service's own modules and contracts in the working directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: _Handler = args.handler
