@@ -208,43 +208,36 @@ class QueuedConsumer(Consumer[T]):
     ) -> None:
         meta = incoming.meta
         cause = _cause(error)
+        log = self._log_extra(meta)
+        if not self.is_dead_letter_queue:
+            if invalid:
+                logger.warning("invalid message dead-lettered: %s", error, extra=log)
+                await self._dead_letter(incoming, cause, "invalid")
+                return
+            if meta.attempt > self.max_retries:
+                logger.error(
+                    "message dead-lettered after %d attempts: %s", meta.attempt, cause, extra=log
+                )
+                await self._dead_letter(incoming, cause, "max-retries")
+                return
+        # A retry; on a DLQ consumer, back to the tail of the same DLQ.
+        delay = backoff_delay(meta.attempt, self.retry_delay, self.max_retry_delay)
         if self.is_dead_letter_queue:
-            delay = backoff_delay(meta.attempt, self.retry_delay, self.max_retry_delay)
             logger.error(
                 "handler failed on a dead-lettered message; back to the tail of %s in %.2f s: %s",
                 self.queue.name,
                 delay,
                 cause,
-                extra=self._log_extra(meta),
+                extra=log,
             )
-            again = msgspec.structs.replace(
-                meta, attempt=meta.attempt + 1, headers=carried(meta.headers)
-            )
-            await incoming.publish(self.queue.name, again, delay)
-        elif invalid:
-            logger.warning("invalid message dead-lettered: %s", error, extra=self._log_extra(meta))
-            await self._dead_letter(incoming, cause, "invalid")
-        elif meta.attempt > self.max_retries:
-            logger.error(
-                "message dead-lettered after %d attempts: %s",
-                meta.attempt,
-                cause,
-                extra=self._log_extra(meta),
-            )
-            await self._dead_letter(incoming, cause, "max-retries")
         else:
-            delay = backoff_delay(meta.attempt, self.retry_delay, self.max_retry_delay)
             logger.info(
-                "handler failed, retry %d in %.2f s: %s",
-                meta.attempt,
-                delay,
-                cause,
-                extra=self._log_extra(meta),
+                "handler failed, retry %d in %.2f s: %s", meta.attempt, delay, cause, extra=log
             )
-            again = msgspec.structs.replace(
-                meta, attempt=meta.attempt + 1, headers=carried(meta.headers)
-            )
-            await incoming.publish(self.queue.name, again, delay)
+        again = msgspec.structs.replace(
+            meta, attempt=meta.attempt + 1, headers=carried(meta.headers)
+        )
+        await incoming.publish(self.queue.name, again, delay)
 
     async def _dead_letter(self, incoming: Incoming, cause: BaseException, reason: str) -> None:
         meta = incoming.meta
