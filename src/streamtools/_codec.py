@@ -22,7 +22,7 @@ from typing import Any, Final, Generic
 import msgspec
 
 from streamtools._types import T
-from streamtools.errors import DecodeError, EncodeError, ValidationError
+from streamtools.errors import DecodeError, EncodeError, OutsideHandlerError, ValidationError
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
@@ -201,9 +201,11 @@ _current: ContextVar[Metadata] = ContextVar("streamtools_metadata")
 def current_metadata() -> Metadata:
     """The metadata of the message being handled; call it inside a handler.
 
-    Raises LookupError outside a handler.
+    Raises OutsideHandlerError (a StreamtoolsError and a LookupError) outside a handler.
     """
     try:
         return _current.get()
     except LookupError:
-        raise LookupError("current_metadata() is only available inside a message handler") from None
+        raise OutsideHandlerError(
+            "current_metadata() is only available inside a message handler"
+        ) from None

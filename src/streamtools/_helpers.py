@@ -1,8 +1,11 @@
 """Service helpers: HandleMsgs, HandlerFactory, ConsumerFactory and ConsumerRunner.
 
-`ConsumerFactory.route` records like aiohttp's RouteTableDef: it builds consumers and
-registers handlers but connects nothing; `ConsumerRunner` starts them all, serves until
-SIGINT/SIGTERM (or `stop()`), and stops them gracefully.
+`ConsumerFactory.route` only records, like aiohttp's RouteTableDef: consumers are built
+when `.instances` is first read (by the runner), so importing a service module reads no
+environment and opens nothing. `ConsumerRunner` starts them all, serves until SIGINT/SIGTERM
+(or `stop()`), and stops them gracefully. The runner knows no transport: a consumer whose
+transport serves on a port (`Capabilities.serves_port`) gets the runner's host and port and
+carries its `/healthz`; otherwise the runner serves `/healthz` itself (`_health`).
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic
+from typing import Any, Generic, NamedTuple
 
-from streamtools._base import Consumer, Producer
+from streamtools._base import Capabilities, Consumer, Producer
 from streamtools._contracts import resolve_queue
+from streamtools._health import HEALTH_PATH, ServesPort, health_endpoint, serve_endpoints
 from streamtools._registry import CONSUMER_LOOPS, PRODUCERS
 from streamtools._types import Handler, Queue, T
-from streamtools.errors import ConfigurationError, StreamtoolsError
+from streamtools.errors import ConfigurationError, StreamtoolsError, UnknownQueueError
 
 logger = logging.getLogger("streamtools.runner")
 
@@ -107,17 +111,19 @@ class HandlerFactory(Mapping[str, HandleMsgs[Any]]):
         for k, v in values.items():
             if not isinstance(v, str) or not v:
                 raise ConfigurationError(f"messages queue {key!r}: {k} must be a string, got {v!r}")
-        settings = {k: entry.get(k) or {} for k in _OPTIONAL_KEYS}
-        for k, v in settings.items():
+        settings: dict[str, Mapping[str, object]] = {}
+        for k in _OPTIONAL_KEYS:
+            v = entry.get(k) or {}
             if not isinstance(v, Mapping):
                 raise ConfigurationError(f"messages queue {key!r}: {k} must be a dict, got {v!r}")
+            settings[k] = v
         try:
             return HandleMsgs(
                 str(values["name"]),
                 consumer_loop=str(values["consumer_loop"]),
                 producer=str(values["producer"]),
-                consumer_settings=settings["consumer_settings"],  # type: ignore[arg-type]
-                producer_settings=settings["producer_settings"],  # type: ignore[arg-type]
+                consumer_settings=settings["consumer_settings"],
+                producer_settings=settings["producer_settings"],
             )
         except StreamtoolsError as exc:
             raise ConfigurationError(f"messages queue {key!r}: {exc}") from exc
@@ -129,7 +135,7 @@ class HandlerFactory(Mapping[str, HandleMsgs[Any]]):
             return self._pairs[key]
         except KeyError:
             known = ", ".join(sorted(self._pairs)) or "none"
-            raise KeyError(f"no messages queue {key!r}; configured: {known}") from None
+            raise UnknownQueueError(f"no messages queue {key!r}; configured: {known}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._pairs)
@@ -146,12 +152,21 @@ class HandlerFactory(Mapping[str, HandleMsgs[Any]]):
         await asyncio.gather(*(pair.close() for pair in self._pairs.values()))
 
 
+class _Recorded(NamedTuple):
+    queue: Queue[Any] | str
+    message_type: type[Any] | None
+    options: dict[str, object]
+    handler: Handler[Any]
+
+
 class ConsumerFactory:
     """Flask-style routes: `@consumers.route(ORDERS_CREATED)` registers a handler.
 
-    Routes only record: consumers are built (no connection is made) and handed to a
-    `ConsumerRunner` through `.instances` and `.handlers`. Settings (e.g. RabbitMQ `url=`,
-    `prefetch=`) go to every consumer; `host`/`port` are where HTTP consumers serve.
+    Routes only record, like aiohttp's RouteTableDef: nothing is built, read from the
+    environment or opened until `.instances` is read (a `ConsumerRunner` reads it), so a
+    wrong setting is reported when the service runs, not when its module is imported.
+    Settings (e.g. RabbitMQ `url=`, `prefetch=`) go to every consumer; `host`/`port` go to
+    consumers whose transport serves on a port (HTTP).
     """
 
     def __init__(
@@ -162,13 +177,15 @@ class ConsumerFactory:
         **settings: object,
     ) -> None:
         self.queue_type = queue_type
-        self._consumer_cls = CONSUMER_LOOPS[queue_type]
+        self._consumer_cls = CONSUMER_LOOPS[queue_type]  # an unknown name fails here
         self.port = port
         self.host = host
         self.settings = settings
-        self.instances: dict[str, Consumer[Any]] = {}
         self.handlers: dict[str, Handler[Any]] = {}
-        self._recorded: list[tuple[Queue[Any] | str, type[Any] | None, dict[str, object], Any]] = []
+        """Queue name -> its first routed handler (known without building anything)."""
+        self._recorded: list[_Recorded] = []
+        self._instances: dict[str, Consumer[Any]] = {}
+        self._built = 0  # how many of _recorded are registered on _instances
 
     def using(
         self, queue_type: str | None = None, *, port: int | None = None, host: str | None = None
@@ -180,37 +197,68 @@ class ConsumerFactory:
             host=host if host is not None else self.host,
             **self.settings,
         )
-        for queue, message_type, options, handler in self._recorded:
-            other.route(queue, message_type=message_type, **options)(handler)
+        for recorded in self._recorded:
+            other.route(recorded.queue, message_type=recorded.message_type, **recorded.options)(
+                recorded.handler
+            )
         return other
 
     def route(
         self, queue: Queue[T] | str, *, message_type: type[T] | None = None, **options: object
     ) -> Callable[[Handler[T]], Handler[T]]:
-        """Register the decorated handler for `queue`; `options` go to `@consumer(...)`."""
-        settings = dict(self.settings)
-        if _serves_http(self._consumer_cls):
-            for key, value in (("host", self.host), ("port", self.port)):
-                if value is not None:
-                    settings[key] = value
-        contract = resolve_queue(queue, message_type)
-        name = contract.name
-        # A second route on the same queue (e.g. GET beside POST) adds to its consumer.
-        consumer: Consumer[T] = self.instances.get(name) or self._consumer_cls(contract, **settings)
-        decorate = consumer(**options)
+        """Record the decorated handler for `queue`; `options` go to `@consumer(...)`."""
+        name = resolve_queue(queue, message_type).name  # a bad queue name fails here
 
         def register(handler: Handler[T]) -> Handler[T]:
-            decorate(handler)
-            self._recorded.append((queue, message_type, dict(options), handler))
-            self.instances[name] = consumer
+            if not asyncio.iscoroutinefunction(handler):
+                raise ConfigurationError(
+                    f"handler {getattr(handler, '__qualname__', handler)!r} must be an async def"
+                )
+            self._recorded.append(_Recorded(queue, message_type, dict(options), handler))
             self.handlers.setdefault(name, handler)
             return handler
 
         return register
 
+    @property
+    def instances(self) -> dict[str, Consumer[Any]]:
+        """Queue name -> its consumer, built on first read with the routed handlers.
 
-def _serves_http(consumer_cls: object) -> bool:
-    return getattr(consumer_cls, "transport", "") == "HTTPHandler"
+        Builds what was routed since the last read; raises the transport's
+        ConfigurationError when a setting (or its environment variable) is wrong.
+        """
+        settings = dict(self.settings)
+        if _serves_port(self._consumer_cls):
+            for key, value in (("host", self.host), ("port", self.port)):
+                if value is not None:
+                    settings[key] = value
+        for recorded in self._recorded[self._built :]:
+            contract = resolve_queue(recorded.queue, recorded.message_type)
+            # A second route on the same queue (e.g. GET beside POST) adds to its consumer.
+            consumer = self._instances.get(contract.name)
+            if consumer is None:
+                consumer = self._consumer_cls(contract, **settings)
+            consumer(**recorded.options)(recorded.handler)
+            self._instances[contract.name] = consumer
+            self._built += 1
+        return self._instances
+
+
+def _serves_port(consumer_cls: object) -> bool:
+    capabilities = getattr(consumer_cls, "capabilities", None)
+    return isinstance(capabilities, Capabilities) and capabilities.serves_port
+
+
+def _port_server(consumer: Consumer[Any]) -> ServesPort | None:
+    """The consumer as a ServesPort when its transport serves on a port, else None."""
+    if not consumer.capabilities.serves_port:
+        return None
+    if not isinstance(consumer, ServesPort):
+        raise ConfigurationError(
+            f"{consumer!r}: its capabilities say it serves a port, but it has no settable "
+            "host and port and no mount(path, endpoint)"
+        )
+    return consumer
 
 
 class ConsumerRunner:
@@ -219,6 +267,10 @@ class ConsumerRunner:
     `run()` blocks like Flask's `app.run()` and exits with status 1 when a consumer cannot
     start; `await serve()` is the async form (raises instead). `consumers` are the instances
     (`ConsumerFactory.instances`); `handlers` are registered on consumers that lack one.
+
+    With `port`, `GET /healthz` reports every consumer: on the port of the consumers that
+    serve one (HTTP), which the runner's `port` and `host` then apply to (with `port=0`
+    they all share the port the first one binds), else on a small server of its own.
     """
 
     def __init__(
@@ -243,10 +295,11 @@ class ConsumerRunner:
                         f"{consumer!r} has no handler; route one or pass it in handlers="
                     )
                 consumer()(handler)
-            if _serves_http(type(consumer)) and host is not None:
-                # The runner's host wins (its port too: serve() moves HTTP consumers onto the
-                # port it serves /healthz on), so a service is configured in one place.
-                consumer.host = host  # type: ignore[attr-defined]
+            served = _port_server(consumer)
+            if served is not None and host is not None:
+                # The runner's host wins (its port too, in serve()), so a service is
+                # configured in one place.
+                served.host = host
         self.port = port
         self.host = host
         self.shutdown_timeout = shutdown_timeout
@@ -273,10 +326,10 @@ class ConsumerRunner:
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
-        stop_health: Callable[[], Awaitable[None]] | None = None
+        stop_endpoints: Callable[[], Awaitable[None]] | None = None
         try:
             if self.port is not None:
-                stop_health = await self._serve_health()
+                stop_endpoints = await self._serve_endpoints()
             await self._start_all()
             await self._stop.wait()
             logger.info("stopping: finishing in-flight handlers")
@@ -284,8 +337,8 @@ class ConsumerRunner:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self._close_all()
-            if stop_health is not None:
-                await stop_health()
+            if stop_endpoints is not None:
+                await stop_endpoints()
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """(healthy, report): healthy while every consumer is connected and consuming."""
@@ -293,27 +346,38 @@ class ConsumerRunner:
         healthy = all(state["connected"] and state["consuming"] for state in states)
         return healthy, {"status": "ok" if healthy else "unavailable", "consumers": states}
 
-    async def _serve_health(self) -> Callable[[], Awaitable[None]]:
-        # On the HTTP consumers' server when there are any; its own otherwise. Started first
-        # so that with port=0 every HTTP consumer shares the port it bound.
-        from streamtools.transports.http import serve_health
-
-        http = [c for c in self.consumers if _serves_http(type(c))]
-        ssl = getattr(http[0], "ssl", None) if http else None
-        self.health_port, stop = await serve_health(
-            self.health, host=self.host, port=self.port, ssl=ssl
+    async def _serve_endpoints(self) -> Callable[[], Awaitable[None]] | None:
+        """Mount /healthz on the consumers that serve a port, or serve it here: the stop of
+        the runner's own server, or None when the consumers carry it."""
+        endpoint = health_endpoint(self.health)
+        served = [s for s in map(_port_server, self.consumers) if s is not None]
+        for consumer in served:
+            consumer.mount(HEALTH_PATH, endpoint)
+        if served:
+            return None
+        assert self.port is not None  # serve() checked
+        self.health_port, stop = await serve_endpoints(
+            {HEALTH_PATH: endpoint}, host=self.host or "localhost", port=self.port
         )
-        for consumer in http:
-            consumer.port = self.health_port  # type: ignore[attr-defined]
         return stop
 
     async def _start_all(self) -> None:
+        shared_port = self.port
         for consumer in self.consumers:
             consumer.shutdown_timeout = min(consumer.shutdown_timeout, self.shutdown_timeout)
+            served = _port_server(consumer) if self.port is not None else None
+            if served is not None and shared_port is not None:
+                served.port = shared_port
             try:
                 await consumer.start()
             except StreamtoolsError as exc:
-                raise type(exc)(f"{consumer!r} cannot start: {exc}") from exc
+                # Re-raised as it is (rebuilding it would lose its own fields): a note names
+                # the consumer, and run() prints it.
+                exc.add_note(f"{consumer!r} cannot start")
+                raise
+            if served is not None:
+                # With port=0 the first binds a port; the others then share its server.
+                shared_port = self.health_port = served.port
             logger.info(
                 "serving %s on %s",
                 consumer.queue.name,
@@ -346,5 +410,6 @@ class ConsumerRunner:
         try:
             asyncio.run(self.serve())
         except StreamtoolsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            notes: list[str] = getattr(exc, "__notes__", [])
+            print(f"error: {': '.join([*notes, str(exc)])}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -2,6 +2,7 @@
 
     StreamtoolsError
     ├── ConfigurationError        a setting, option, registry name or topology is wrong
+    │   └── UnknownQueueError     a HandlerFactory has no such queue (also a KeyError)
     ├── ConnectError              the transport could not connect, or lost its connection
     ├── PublishError              a message was not accepted by the broker or server
     │   ├── DeliveryError         the receiver answered with an error status (HTTP)
@@ -11,6 +12,7 @@
     │   ├── DecodeError           the bytes are not valid for the content type (malformed)
     │   └── ValidationError       the bytes or the Struct break the message's schema
     ├── HandlerError              a handler raised (wraps the original as __cause__)
+    ├── OutsideHandlerError       current_metadata() outside a handler (also a LookupError)
     └── UnsupportedError          the transport does not offer this operation
 
 Lower-layer errors (aiohttp, aio-pika, msgspec) are mapped at one place per module and
@@ -27,9 +29,11 @@ __all__ = [
     "DeliveryError",
     "EncodeError",
     "HandlerError",
+    "OutsideHandlerError",
     "PublishError",
     "ReplyTimeoutError",
     "StreamtoolsError",
+    "UnknownQueueError",
     "UnsupportedError",
     "ValidationError",
 ]
@@ -41,6 +45,13 @@ class StreamtoolsError(Exception):
 
 class ConfigurationError(StreamtoolsError):
     """A setting, option, registry name or queue declaration is wrong; fix the configuration."""
+
+
+class UnknownQueueError(ConfigurationError, KeyError):
+    """A lookup named a queue that is not configured (`HandlerFactory[...]`)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
 
 
 class ConnectError(StreamtoolsError):
@@ -92,6 +103,10 @@ class ValidationError(CodecError):
 
 class HandlerError(StreamtoolsError):
     """A handler raised; the original exception is the `__cause__`."""
+
+
+class OutsideHandlerError(StreamtoolsError, LookupError):
+    """`current_metadata()` was called outside a message handler."""
 
 
 class UnsupportedError(StreamtoolsError):

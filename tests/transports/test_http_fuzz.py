@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamtools import Queue
-from streamtools.transports.http import HTTPConsumer, _query_text
+from streamtools.transports.http import HTTPConsumer
+from streamtools.transports.http._negotiation import query_text as _query_text
 from tests.conftest import unique_name
 
 WAIT = 30.0

@@ -1,0 +1,367 @@
+"""HTTPConsumer: serves a queue as the route `/{queue name}` of a shared aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import ssl as ssl_module
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from yarl import URL
+
+from streamtools import _settings
+from streamtools._base import Capabilities, Consumer, Route, encode_reply
+from streamtools._binding import CE
+from streamtools._codec import CONTENT_TYPES, JSON, Metadata, type_name
+from streamtools._health import Endpoint
+from streamtools._types import Queue, T
+from streamtools.errors import (
+    ConfigurationError,
+    DecodeError,
+    HandlerError,
+    ValidationError,
+)
+from streamtools.transports.http import _config
+from streamtools.transports.http._dedup import Dedup, Key
+from streamtools.transports.http._negotiation import accepted, body_type, converter
+from streamtools.transports.http._outcome import (
+    DUPLICATE,
+    NO_CONTENT,
+    UNAVAILABLE,
+    Outcome,
+    error,
+    error_outcome,
+    response,
+)
+from streamtools.transports.http._server import HEALTH_PATH, SharedServer
+
+logger = logging.getLogger("streamtools.http")
+
+_CE_ID_RE: Final = re.compile(r"[!-~]{1,256}")
+
+
+class HTTPConsumer(Consumer[T]):
+    """Serves a queue as the route `/{queue name}` of an aiohttp server.
+
+    `host` and `port` default to `HTTP_HOST` / `HTTP_PORT`, else localhost:8080; `port=0`
+    picks a free port, readable as `consumer.port` once started (with port=0 use an IP
+    address as host: "localhost" may bind IPv4 and IPv6 on different ports). Consumers of
+    one event loop on the same host and port share one server, so many queues (and both
+    GET and POST on a queue) are served on one port; `GET /healthz` lists them.
+
+    `@consumer(method="POST"|"GET")` registers a handler (one per method). Request bodies
+    over `max_body_size` bytes are refused with 413 before they are read; `token=` (else
+    `STREAMTOOLS_HTTP_TOKEN`) requires `Authorization: Bearer <token>`; `ssl=` serves TLS.
+    The outcomes of recently handled messages, identified by (`ce-source`, `ce-id`), are
+    kept (at most `dedup_window` of them and `dedup_max_bytes` of reply bodies and keys),
+    so a retried request is answered as before without running the handler again
+    (`dedup_window=0` turns this off). `lingering_time` bounds how long aiohttp reads and
+    drops the rest of a refused upload so that the client sees the error; `close()` ends
+    such reads at once. A shared server takes `ssl`, `lingering_time` and
+    `shutdown_timeout` from the consumer that starts it.
+    """
+
+    transport = _config.TRANSPORT
+    capabilities = Capabilities(
+        queued=False,
+        persistent=False,
+        redelivery=False,
+        dead_letter=False,
+        request_reply=True,
+        serves_port=True,
+    )
+    route_options = frozenset({"method"})
+
+    def __init__(
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        max_body_size: int = 1024 * 1024,
+        dedup_window: int = 10_000,
+        dedup_max_bytes: int = 16 * 1024 * 1024,
+        lingering_time: float = 2.0,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
+        owner = type(self).__name__
+        if self.queue.name == HEALTH_PATH:
+            raise ConfigurationError(
+                f"the queue name {HEALTH_PATH!r} is reserved for health checks"
+            )
+        self.host = _config.env_host(owner, host)
+        self._port = _config.env_port(owner, port, allow_zero=True)
+        self.ssl = _config.check_ssl(owner, ssl)
+        self.max_body_size = _settings.integer(owner, "max_body_size", max_body_size, minimum=1)
+        window = _settings.integer(owner, "dedup_window", dedup_window, minimum=0)
+        max_bytes = _settings.integer(owner, "dedup_max_bytes", dedup_max_bytes, minimum=1)
+        self.lingering_time = _settings.seconds(
+            owner, "lingering_time", lingering_time, positive=True
+        )
+        self._token = _config.env_token(owner, token)
+        self._token_bytes = self._token.encode() if self._token is not None else b""
+        self._dedup = Dedup(window, max_bytes) if window else None
+        self._type_name = type_name(self.queue.message_type)
+        self._by_method: dict[str, Route[T]] = {}
+        self._mounts: dict[str, Endpoint] = {}
+        self._server: SharedServer | None = None
+        self._draining = False
+        self._aborting = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.queue.name!r}, {self.host}:{self.port})"
+
+    @property
+    def port(self) -> int:
+        """The port served on: the bound one once started (useful with `port=0`)."""
+        return self._server.bound_port if self._server is not None else self._port
+
+    @port.setter
+    def port(self, port: int) -> None:
+        if self._server is not None:
+            raise ConfigurationError(f"{self!r} is open; set its port before a_init()")
+        self._port = _config.env_port(type(self).__name__, port, allow_zero=True)
+
+    @property
+    def url(self) -> str:
+        """The URL of this queue's route (the bound port once started)."""
+        scheme = "https" if self.ssl is not None else "http"
+        return str(
+            URL.build(scheme=scheme, host=self.host, port=self.port, path="/" + self.queue.name)
+        )
+
+    def mount(self, path: str, endpoint: Endpoint) -> None:
+        """Answer GET and HEAD on `path` (e.g. a runner's `/healthz`) on this server."""
+        if path[:1] != "/" or path == "/" + self.queue.name:
+            raise ConfigurationError(f"{self!r} cannot mount {path!r}: not a free absolute path")
+        self._mounts[path] = endpoint
+        if self._server is not None:
+            self._server.routes.mount(path, endpoint)
+
+    def _add_route(self, route: Route[T]) -> None:
+        method = _config.method(route.options.get("method", "POST"))
+        if method in self._by_method:
+            raise ConfigurationError(f"{self!r} already has a {method} handler")
+        if self._server is not None and self._started:
+            self._server.routes.bind(self, method)
+        self._by_method[method] = route
+        self.routes.append(route)
+
+    async def _open(self) -> None:
+        self._server = SharedServer.acquire(self.host, self._port, self.ssl, self.lingering_time)
+        for path, endpoint in self._mounts.items():
+            self._server.routes.mount(path, endpoint)
+
+    async def _start(self) -> None:
+        assert self._server is not None  # set by _open
+        await self._server.start(self.shutdown_timeout)
+        for method in self._by_method:
+            self._server.routes.bind(self, method)
+
+    async def _stop_intake(self) -> None:
+        self._draining = True
+
+    async def _abort_inflight(self) -> None:
+        self._aborting = True  # the cancelled requests answer 503 (see _serve)
+        await super()._abort_inflight()
+
+    async def _close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            self._port = server.bound_port
+            server.routes.unbind(self)
+            await server.release()
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def _serve(self, request: web.BaseRequest, method: str) -> web.StreamResponse:
+        """Answer one request routed to this consumer."""
+        checked = self._check(request, method)
+        if isinstance(checked, web.StreamResponse):
+            return checked
+        headers = request.headers
+        meta = CE.read(
+            headers,
+            default_type=self._type_name,
+            ct=checked,
+            source="" if CE.source in headers else f"//{request.remote or 'unknown'}",
+            extra=False,
+        )
+        reply_type = accepted(headers.get("Accept")) if method == "GET" else checked
+        dedup = self._dedup if CE.id in headers else None
+        key = (meta.source, meta.id)
+        if dedup is not None and (known := dedup.get(key)) is not None:
+            return response(known, DUPLICATE)
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp runs each request in a task
+        self._track(task)
+        self._delivery_started()
+        try:
+            if dedup is None:
+                outcome, _ = await self._handle(request, method, meta, reply_type)
+                return response(outcome)
+            return await self._handle_once(dedup, key, request, method, meta, reply_type)
+        except asyncio.CancelledError:
+            # close() timed out on this request: answer 503 (not handled, retry elsewhere).
+            if self._aborting and task.uncancel() == 0:
+                return response(UNAVAILABLE)
+            raise
+        finally:
+            self._tasks.discard(task)  # answered: a later abort must not cut the response
+            self._delivery_done()
+
+    def _check(self, request: web.BaseRequest, method: str) -> str | web.StreamResponse:
+        """The request's content type, or the refusal when it is not served (503, 401, 415,
+        413 by its Content-Length, 400 for a bad `ce-id`)."""
+        if self._draining:
+            return response(UNAVAILABLE, {"Retry-After": "1"})
+        headers = request.headers
+        if self._token is not None and not self._authorized(headers.get("Authorization")):
+            return error(
+                401,
+                "unauthorized",
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="streamtools"'},
+            )
+        content_type = JSON
+        if method != "GET":
+            found = body_type(headers.get("Content-Type"), request.content_type)
+            if found is None:
+                return error(
+                    415,
+                    "unsupported_media_type",
+                    f"content type {request.content_type!r} is not supported; "
+                    f"use {' or '.join(CONTENT_TYPES)}",
+                )
+            content_type = found
+            length = request.content_length
+            if length is not None and length > self.max_body_size:
+                return response(self._too_large())
+        explicit_id = headers.get(CE.id)
+        if explicit_id is not None and not _CE_ID_RE.fullmatch(explicit_id):
+            return error(
+                400, "malformed", "the ce-id header must be 1 to 256 visible ASCII characters"
+            )
+        return content_type
+
+    async def _handle_once(
+        self,
+        dedup: Dedup,
+        key: Key,
+        request: web.BaseRequest,
+        method: str,
+        meta: Metadata,
+        reply_type: str,
+    ) -> web.StreamResponse:
+        """Handle a message that may be a retry: one handler run per (source, id)."""
+        if key in dedup.running:
+            # The same message is being handled right now: answer with its outcome.
+            return response(await asyncio.shield(dedup.waiter(key)), DUPLICATE)
+        dedup.running[key] = None
+        outcome = UNAVAILABLE
+        try:
+            outcome, handled = await self._handle(request, method, meta, reply_type)
+            if handled:  # bad input is not remembered: it never reached the handler
+                dedup.remember(key, outcome)
+        finally:
+            waiter = dedup.running.pop(key)
+            if waiter is not None:
+                waiter.set_result(outcome)
+        return response(outcome)
+
+    async def _handle(
+        self, request: web.BaseRequest, method: str, meta: Metadata, reply_type: str
+    ) -> tuple[Outcome, bool]:
+        """Decode and run the handler: (outcome, whether the handler ran).
+
+        The status mapping is HTTP's own: bad input 400/422, the handler raised 500.
+        """
+        try:
+            body = (
+                converter(self.queue.message_type).to_json(request.query)
+                if method == "GET"
+                else await self._body(request)
+            )
+            if body is None:
+                return self._too_large(), False
+            reply = await self._process(self._by_method[method], body, meta)
+        except ValidationError as exc:
+            return error_outcome(422, "validation", str(exc), path=exc.path), False
+        except DecodeError as exc:
+            return error_outcome(400, "malformed", str(exc)), False
+        except HandlerError as exc:
+            self._log_failure("handler failed on message %s", meta, method, exc.__cause__ or exc)
+            detail = f"the handler failed on message {meta.id}; see the consumer's log"
+            return error_outcome(500, "handler_failed", detail), True
+        if reply is None:
+            return NO_CONTENT, True
+        try:
+            encoded = encode_reply(reply, reply_type)
+        except Exception as exc:
+            self._log_failure("cannot encode the reply to message %s", meta, method, exc)
+            detail = f"the handler's reply to message {meta.id} cannot be encoded; see the log"
+            return error_outcome(500, "handler_failed", detail), True
+        return Outcome(200, encoded, reply_type), True
+
+    def _log_failure(self, text: str, meta: Metadata, method: str, exc: BaseException) -> None:
+        extra = {"queue": self.queue.name, "message_id": meta.id, "method": method}
+        logger.error(text, meta.id, exc_info=exc, extra=extra)
+
+    async def _body(self, request: web.BaseRequest) -> bytes | None:
+        """The request body, or None once it passes `max_body_size`."""
+        content = request.content
+        # Usually the whole body came with the headers: take it without awaiting (a client
+        # expecting 100-continue takes the path that answers it).
+        if content.is_eof() and "Expect" not in request.headers:
+            return self._buffered_body(content)
+        return await self._read_body(request)
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes | None:
+        """The body, or None once it passes `max_body_size` (streamed bodies included)."""
+        limit = self.max_body_size
+        content = request.content
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            if (
+                request.version == aiohttp.HttpVersion11
+                and request.headers.get("Expect", "").lower() == "100-continue"
+            ):
+                # The checks passed: let a client that waits for it (curl) send the body.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+        except Exception as exc:  # a cut upload, a broken Content-Encoding: aiohttp's many kinds
+            raise DecodeError(f"cannot read the request body: {exc}") from exc
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _buffered_body(self, content: StreamReader) -> bytes | None:
+        """The body of a request read to its end already, or None when over the limit."""
+        try:
+            body = content.read_nowait()
+        except Exception as exc:  # a cut upload, a broken Content-Encoding
+            raise DecodeError(f"cannot read the request body: {exc}") from exc
+        return body if len(body) <= self.max_body_size else None
+
+    def _too_large(self) -> Outcome:
+        return error_outcome(
+            413, "too_large", f"the request body is over the limit of {self.max_body_size} bytes"
+        )
+
+    def _authorized(self, header: str | None) -> bool:
+        if header is None or header[:7].lower() != "bearer ":
+            return False
+        given = header[7:].strip().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, self._token_bytes)

@@ -1,0 +1,370 @@
+"""HTTPProducer: each message is one HTTP request, retried with the same message id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import ssl as ssl_module
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+from multidict import CIMultiDict
+from yarl import URL
+
+from streamtools import _settings
+from streamtools._base import Producer
+from streamtools._binding import CE
+from streamtools._codec import JSON, Codec, Metadata, codec_for
+from streamtools._delivery import backoff_delay
+from streamtools._types import Queue, T
+from streamtools.errors import (
+    ConfigurationError,
+    ConnectError,
+    DeliveryError,
+    EncodeError,
+    PublishError,
+    ReplyTimeoutError,
+    StreamtoolsError,
+)
+from streamtools.transports.http import _config, _presets
+from streamtools.transports.http._negotiation import (
+    EXACT_TYPES,
+    json_decoder,
+    query_text,
+)
+from streamtools.transports.http._presets import HeadersPreset
+
+logger = logging.getLogger("streamtools.http")
+
+_RETRY_STATUSES: Final = frozenset({502, 503, 504})
+_SEND_OPTIONS: Final = frozenset({"method", "endpoint", "headers_tag", "header_tag"})
+# aiohttp rejects request lines over 8190 bytes; keep GET URLs safely below that.
+_MAX_GET_TARGET: Final = 8000
+_MAX_TARGETS: Final = 256
+
+
+def _client_error(exc: Exception, url: URL) -> StreamtoolsError:
+    """The one place aiohttp client errors become streamtools errors (raise it `from exc`)."""
+    where = f"{url.host}:{url.port}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return ConnectError(
+            f"TLS with the HTTP consumer at {where} failed: {exc}; check the ssl= context"
+        )
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectError(
+            f"timed out connecting to the HTTP consumer at {where}; is it running and reachable?"
+        )
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return ReplyTimeoutError(
+            f"the HTTP consumer at {where} did not answer {url} in time; "
+            "the message may still be handled"
+        )
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return ConnectError(
+            f"cannot reach the HTTP consumer at {where} ({type(exc).__name__}: {exc}); "
+            "is it running?"
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ConfigurationError(f"invalid HTTP endpoint {url}: {exc}")
+    return PublishError(f"HTTP exchange with {where} failed: {exc}")
+
+
+def _client_timeout(total: float, connect: float) -> aiohttp.ClientTimeout:
+    # No rounding up to whole seconds (aiohttp's default above 5 s): request(timeout=) is a
+    # bound on the whole exchange and its first attempt relies on this timer alone.
+    return aiohttp.ClientTimeout(total=total, connect=connect, ceil_threshold=math.inf)
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, DeliveryError):
+        return exc.status in _RETRY_STATUSES
+    # A certificate or TLS mismatch does not heal by retrying.
+    return isinstance(exc, ConnectError) and not isinstance(exc.__cause__, aiohttp.ClientSSLError)
+
+
+def _error_summary(body: object) -> str:
+    if isinstance(body, dict):
+        return f"{body.get('error', '')}: {body.get('detail', '')}"
+    return str(body)[:500]
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Everything per (endpoint, method, preset) that does not change per message."""
+
+    url: URL
+    method: str
+    # Every header but ce-id and ce-time: copied per message (a C-level copy) and passed
+    # as a CIMultiDict, which aiohttp takes without converting it again.
+    headers: CIMultiDict[str]
+    codec: Codec[Any]
+
+
+class HTTPProducer(Producer[T]):
+    """Sends messages to an `HTTPConsumer` as HTTP requests.
+
+    The endpoint is `send(endpoint=...)`, else `http(s)://{host}:{port}/{queue name}` where
+    host and port are the keywords, else the `HTTP_HOST` / `HTTP_PORT` environment variables,
+    else localhost:8080 (the consumer's defaults, so a local pair works without settings).
+    The environment is read once, here. `token=` (else `STREAMTOOLS_HTTP_TOKEN`) is sent as a
+    bearer token; `ssl=` makes the default endpoint https and verifies with that context.
+
+    `timeout` bounds each attempt, `connect_timeout` each connect. Connection errors and
+    502/503/504 answers are retried `retries` times with exponential backoff and jitter
+    (`retry_backoff` doubling up to `max_retry_backoff` seconds), always with the same
+    `ce-id`, so the consumer runs the handler once. Another error status raises
+    DeliveryError with the status and the consumer's error body; no connection after the
+    retries raises ConnectError.
+
+    Send options: `method="POST"|"GET"` (GET carries the message as query parameters:
+    scalars as text, nested values as compact JSON), `endpoint=`, and `headers_tag=`
+    (alias `header_tag=`), a preset name from `register_headers_preset` (JSON, MSGPACK, ...).
+    """
+
+    transport = _config.TRANSPORT
+
+    def __init__(
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        source: str | None = None,
+        validate: bool = True,
+        host: str | None = None,
+        port: int | None = None,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retries: int = 3,
+        retry_backoff: float = 0.1,
+        max_retry_backoff: float = 5.0,
+        max_connections: int = 100,
+    ) -> None:
+        super().__init__(queue, message_type=message_type, source=source, validate=validate)
+        owner = type(self).__name__
+        self.host = _config.env_host(owner, host)
+        self.port = _config.env_port(owner, port, allow_zero=False)
+        self.ssl = _config.check_ssl(owner, ssl)
+        self.timeout = _settings.seconds(owner, "timeout", timeout, positive=True)
+        self.connect_timeout = _settings.seconds(
+            owner, "connect_timeout", connect_timeout, positive=True
+        )
+        self.retry_backoff = _settings.seconds(owner, "retry_backoff", retry_backoff, positive=True)
+        self.max_retry_backoff = _settings.seconds(
+            owner, "max_retry_backoff", max_retry_backoff, positive=True
+        )
+        self.retries = _settings.integer(owner, "retries", retries, minimum=0)
+        self.max_connections = _settings.integer(
+            owner, "max_connections", max_connections, minimum=1
+        )
+        self._token = _config.env_token(owner, token)
+        self.endpoint = URL.build(
+            scheme="https" if self.ssl is not None else "http",
+            host=self.host,
+            port=self.port,
+            path="/" + self.queue.name,
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._client_timeout = _client_timeout(self.timeout, self.connect_timeout)
+        self._targets: dict[tuple[object, str, HeadersPreset], _Target] = {}
+        self._default_target: _Target | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.queue.name!r}, endpoint={str(self.endpoint)!r})"
+
+    async def _open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections, ssl=self.ssl if self.ssl is not None else True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._client_timeout, raise_for_status=False
+        )
+
+    async def _close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _codec_for_send(self, options: Mapping[str, object]) -> Codec[T]:
+        codec: Codec[T] = self._target(options).codec
+        return codec
+
+    def _target(self, options: Mapping[str, object]) -> _Target:
+        """The cached per-(endpoint, method, preset) request template for these options."""
+        if not options:
+            target = self._default_target
+            if target is None:
+                target = self._default_target = self._build_target(None, "POST", _presets.DEFAULT)
+            return target
+        if not options.keys() <= _SEND_OPTIONS:
+            unknown = ", ".join(sorted(set(options) - _SEND_OPTIONS))
+            raise ConfigurationError(
+                f"HTTPProducer.send has no option {unknown}; "
+                f"accepted: {', '.join(sorted(_SEND_OPTIONS))}"
+            )
+        method = _config.method(options.get("method", "POST"))
+        tag = options.get("headers_tag", "JSON")
+        if "header_tag" in options:
+            if "headers_tag" in options and options["header_tag"] != tag:
+                raise ConfigurationError("pass headers_tag= or header_tag=, not both")
+            tag = options["header_tag"]
+        preset = _presets.preset(tag)
+        endpoint = options.get("endpoint")
+        key = (endpoint, method, preset)
+        target = self._targets.get(key)
+        if target is None:
+            target = self._build_target(endpoint, method, preset)
+            if len(self._targets) >= _MAX_TARGETS:
+                self._targets.clear()
+            self._targets[key] = target
+        return target
+
+    def _build_target(self, endpoint: object, method: str, preset: HeadersPreset) -> _Target:
+        if endpoint is None:
+            url = self.endpoint
+        elif isinstance(endpoint, str | URL):
+            try:
+                url = URL(endpoint)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"invalid endpoint {endpoint!r}: {exc}") from exc
+            if url.scheme not in ("http", "https") or not url.host:
+                raise ConfigurationError(
+                    f"endpoint must be an absolute http:// or https:// URL, got {endpoint!r}"
+                )
+        else:
+            raise ConfigurationError(f"endpoint must be a URL string, got {endpoint!r}")
+        # GET carries the message as query parameters: text, so always the JSON codec; the
+        # preset's content type then only picks the reply format (Accept).
+        get = method == "GET"
+        codec: Codec[Any] = codec_for(self.queue.message_type, JSON if get else preset.content_type)
+        headers = {**preset.headers, **CE.constant(codec.type_name, self.source)}
+        if not get:
+            headers["Content-Type"] = preset.content_type
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return _Target(url, method, CIMultiDict(headers), codec)
+
+    async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
+        await self._exchange(self._target(options), body, meta, self._client_timeout, None)
+
+    async def _request(
+        self, body: bytes, meta: Metadata, timeout: float, options: Mapping[str, object]
+    ) -> tuple[bytes, str]:
+        target = self._target(options)
+        client_timeout = (
+            self._client_timeout
+            if timeout == self.timeout
+            else _client_timeout(timeout, self.connect_timeout)
+        )
+        try:
+            status, reply, content_type = await self._exchange(
+                target, body, meta, client_timeout, timeout
+            )
+        except TimeoutError:
+            raise ReplyTimeoutError(
+                f"no reply to message {meta.id} from {target.url} within {timeout} s "
+                "(retries included); the message may still be handled"
+            ) from None
+        if status == 204 or not reply:
+            return b"null", JSON  # the handler returned None, as on the other transports
+        return reply, content_type
+
+    async def _exchange(
+        self,
+        target: _Target,
+        body: bytes,
+        meta: Metadata,
+        client_timeout: aiohttp.ClientTimeout,
+        budget: float | None,
+    ) -> tuple[int, bytes, str]:
+        """One message, retried: returns (status, body, content type) of a 2xx answer.
+
+        With a `budget` of seconds (request/reply) the whole exchange, retries and backoff
+        included, raises TimeoutError once it is spent. No timer of ours enforces it:
+        `client_timeout.total` is the budget, and each retry gets what is left of it.
+        """
+        session = self._session
+        if session is None or self.closed:
+            raise ConfigurationError(f"{self!r} is closed; create a new one")
+        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
+        url = target.url
+        data: bytes | None = body
+        if target.method == "GET":
+            url = self._get_url(url, body)
+            data = None
+        headers = target.headers.copy()
+        headers[CE.id] = meta.id
+        headers[CE.time] = meta.time
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                try:
+                    async with session.request(
+                        target.method, url, data=data, headers=headers, timeout=client_timeout
+                    ) as resp:
+                        reply = await resp.read()
+                        status = resp.status
+                        raw_type = resp.headers.get("Content-Type") if reply else JSON
+                        # The usual exact value skips aiohttp's parse of the header.
+                        content_type = raw_type if raw_type in EXACT_TYPES else resp.content_type
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    if deadline is not None and type(exc) is TimeoutError:
+                        raise  # aiohttp's total timer: the budget is spent, _request says so
+                    raise _client_error(exc, url) from exc
+                if status >= 300:
+                    raise self._delivery_error(target, url, status, reply)
+                return status, reply, content_type
+            except (ConnectError, DeliveryError) as exc:
+                if attempt > self.retries or not _retryable(exc):
+                    raise
+                delay = backoff_delay(attempt, self.retry_backoff, self.max_retry_backoff)
+                logger.debug(
+                    "retrying message %s in %.2f s: %s",
+                    meta.id,
+                    delay,
+                    exc,
+                    extra={"queue": self.queue.name, "message_id": meta.id, "attempt": attempt},
+                )
+                if deadline is None:
+                    await asyncio.sleep(delay)
+                    continue
+                loop = asyncio.get_running_loop()
+                await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError from None
+                client_timeout = _client_timeout(left, self.connect_timeout)
+
+    @staticmethod
+    def _get_url(url: URL, body: bytes) -> URL:
+        data = json_decoder.decode(body)
+        if not isinstance(data, dict):
+            raise EncodeError(
+                "GET carries a message as query parameters, so it must encode as a JSON "
+                "object; send it with method='POST'"
+            )
+        full = url.extend_query({str(k): query_text(v) for k, v in data.items()})
+        if len(full.raw_path_qs) > _MAX_GET_TARGET:
+            raise EncodeError(
+                f"the message makes a GET URL of {len(full.raw_path_qs)} bytes, over the "
+                f"{_MAX_GET_TARGET} servers accept; send it with method='POST'"
+            )
+        return full
+
+    @staticmethod
+    def _delivery_error(target: _Target, url: URL, status: int, reply: bytes) -> DeliveryError:
+        body: object
+        try:
+            body = json_decoder.decode(reply)
+        except msgspec.DecodeError:
+            body = reply.decode("utf-8", "replace")[:2000]
+        return DeliveryError(
+            f"{target.method} {url.with_query(None)} answered {status} ({_error_summary(body)})",
+            status=status,
+            body=body,
+        )
