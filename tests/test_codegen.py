@@ -247,6 +247,7 @@ def test_package_exports_structs_queues_and_registers_them(cases: ModuleType) ->
         "AllTypes",
         "AuditLogged",
         "CODEGEN_CASES_ALL_TYPES",
+        "CODEGEN_CASES_STRICT_MAPS",
         "Closed",
         "CountsAdditionalProperty",
         "EdgeNames",
@@ -260,7 +261,10 @@ def test_package_exports_structs_queues_and_registers_them(cases: ModuleType) ->
     assert all(hasattr(cases, name) for name in cases.__all__)
     queue = cases.CODEGEN_CASES_ALL_TYPES
     assert queue == Queue("codegen-cases.all_types", cases.AllTypes)
-    assert dict(cases.QUEUES) == {"codegen-cases.all_types": queue}
+    assert dict(cases.QUEUES) == {
+        "codegen-cases.all_types": queue,
+        "codegen-cases.strict_maps": cases.CODEGEN_CASES_STRICT_MAPS,
+    }
     assert registered_contracts()["codegen-cases.all_types"] is queue
     assert cases.__file__ is not None
     assert (Path(cases.__file__).parent / "py.typed").is_file()

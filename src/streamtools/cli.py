@@ -19,6 +19,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
 from typing import Any
 
 import msgspec
@@ -153,6 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_contracts_option(queues)
     queues.set_defaults(handler=_cmd_queues)
+
+    doc = commands.add_parser(
+        "asyncapi",
+        help="write an AsyncAPI 3.0.0 document of the contracts",
+        description="Write an AsyncAPI 3.0.0 document of the contracts package: a channel, "
+        "send and receive operations per queue (and its .dlq on queued transports), payload "
+        "schemas from the contracts. JSON, or YAML when FILE ends in .yaml/.yml.",
+    )
+    _add_contracts_option(doc)
+    doc.add_argument(
+        "--transport",
+        default=os.environ.get("QUEUE_TYPE", "HTTPHandler"),
+        help="the transport the servers and bindings describe (default: $QUEUE_TYPE, else "
+        "HTTPHandler)",
+    )
+    doc.add_argument(
+        "--server", metavar="URL", help="the server URL (default: localhost); credentials dropped"
+    )
+    doc.add_argument("--title", help="info.title (default: the contracts package name)")
+    doc.add_argument(
+        "--api-version",
+        help="info.version (default: the version of the distribution holding the package, "
+        "else 0.0.0)",
+    )
+    doc.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    doc.set_defaults(handler=_cmd_asyncapi)
     return parser
 
 
@@ -259,6 +286,38 @@ def _cmd_queues(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_asyncapi(args: argparse.Namespace) -> int:
+    from streamtools import asyncapi
+
+    contracts = load_contracts(args.contracts)
+    package = os.environ["STREAMTOOLS_CONTRACTS"]
+    doc = asyncapi.document(
+        contracts,
+        title=args.title or package,
+        version=args.api_version or _distribution_version(package),
+        transport=args.transport,
+        server=args.server,
+    )
+    yaml = bool(args.output) and args.output.endswith((".yaml", ".yml"))
+    text = asyncapi.dumps(doc, yaml=yaml)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _distribution_version(package: str) -> str:
+    top = package.partition(".")[0]
+    for dist in metadata.packages_distributions().get(top, []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "0.0.0"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     # As `python -m` does: a service's own modules and contracts in the working directory.
@@ -274,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyError as exc:  # an unknown queue in a HandlerFactory and the like
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. asyncapi -o into a missing folder
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
