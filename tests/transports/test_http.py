@@ -36,6 +36,7 @@ from streamtools import (
     ReplyTimeoutError,
     current_metadata,
 )
+from streamtools._health import Answer, ServesPort
 from streamtools.transports.http import (
     HTTPConsumer,
     HTTPProducer,
@@ -609,6 +610,71 @@ async def test_chunked_body_that_arrived_whole_is_held_to_the_limit(
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
 
 
+async def _raw_exchange(port: int, head: str, body: bytes) -> bytes:
+    """Send `head` (request line and headers) and `body` in one write; the whole answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + body)
+        async with asyncio.timeout(WAIT):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "chunked-read-in-a-loop"])
+@pytest.mark.parametrize(("extra", "status"), [(0, 204), (1, 413)])
+async def test_a_body_of_exactly_max_body_size_passes_one_more_byte_is_413(
+    queue_name: str, framing: str, extra: int, status: int
+) -> None:
+    limit = 1000
+    consumer = order_consumer(queue_name, max_body_size=limit)
+    consumer()(_noop)
+    body = order_json()
+    body += b" " * (limit + extra - len(body))  # JSON allows trailing whitespace
+    assert len(body) == limit + extra
+    head = (
+        f"POST /{queue_name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nConnection: close\r\n"
+    )
+    if framing == "content-length":
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+    else:  # no Content-Length: the limit is checked on the bytes read
+        if framing == "chunked-read-in-a-loop":
+            # Expecting 100-continue, the body is read chunk by chunk even when it is all
+            # there already: the streaming reader's count is checked too.
+            head += "Expect: 100-continue\r\n"
+        head += "Transfer-Encoding: chunked\r\n\r\n"
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    async with serving(consumer):
+        answer = await _raw_exchange(consumer.port, head, body)
+    answer = answer.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+
+
+async def test_413_is_answered_before_the_upload_is_complete(queue_name: str) -> None:
+    # The headers announce 100 MB; 100 bytes (under the limit) follow, and then nothing.
+    # Only a server that refuses on the Content-Length answers: one that reads first
+    # waits for the rest of the body, which never comes (and the bounded read fails).
+    consumer = order_consumer(queue_name, max_body_size=1000)
+    consumer()(_noop)
+    async with serving(consumer):
+        reader, writer = await asyncio.open_connection("127.0.0.1", consumer.port)
+        try:
+            writer.write(
+                f"POST /{queue_name} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n".encode()
+                + b" " * 100
+            )
+            await writer.drain()
+            async with asyncio.timeout(WAIT):
+                status_line = await reader.readline()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert status_line.split()[1] == b"413"
+
+
 async def test_healthz_lists_the_queues_served(client: aiohttp.ClientSession) -> None:
     port = free_port()
     names = sorted(unique_name("st-health") for _ in range(2))
@@ -626,6 +692,23 @@ async def test_healthz_lists_the_queues_served(client: aiohttp.ClientSession) ->
 
 async def _noop(msg: Order) -> None:
     pass
+
+
+async def test_a_mounted_endpoint_is_answered_on_the_consumers_port(
+    queue_name: str, client: aiohttp.ClientSession
+) -> None:
+    consumer = order_consumer(queue_name)
+    consumer()(_noop)
+    assert consumer.capabilities.serves_port
+    served: ServesPort = consumer  # the runner's view of it: mypy checks the Protocol
+    served.mount("/metrics", lambda: Answer(200, b'{"n": 1}'))
+    with pytest.raises(ConfigurationError, match="cannot mount"):
+        served.mount(f"/{queue_name}", lambda: Answer(200, b"{}"))
+    async with serving(consumer):
+        async with client.get(f"http://127.0.0.1:{consumer.port}/metrics") as resp:
+            assert (resp.status, await resp.json()) == (200, {"n": 1})
+        async with client.post(f"http://127.0.0.1:{consumer.port}/metrics") as resp:
+            assert (resp.status, resp.headers["Allow"]) == (405, "GET")
 
 
 # -- one server for many consumers -------------------------------------------------------
@@ -748,6 +831,65 @@ async def test_concurrent_duplicate_waits_for_the_first(
     assert "x-streamtools-duplicate" not in h1
     assert h2["x-streamtools-duplicate"] == "true"
     assert calls == 1
+
+
+async def test_the_same_id_from_two_sources_is_two_messages(
+    queue_name: str, client: aiohttp.ClientSession
+) -> None:
+    # CloudEvents: source + id identify an event; two producers may pick the same id.
+    consumer = order_consumer(queue_name)
+    calls: list[str] = []
+
+    @consumer()
+    async def handle(msg: Order) -> Receipt:
+        calls.append(current_metadata().source)
+        return Receipt(order_id=msg.order_id, total=len(calls))
+
+    async with serving(consumer):
+        body = order_json()
+        a = await post(client, consumer.url, body, {"ce-id": "7", "ce-source": "//billing"})
+        b = await post(client, consumer.url, body, {"ce-id": "7", "ce-source": "//shipping"})
+        again = await post(client, consumer.url, body, {"ce-id": "7", "ce-source": "//billing"})
+    assert calls == ["//billing", "//shipping"]
+    assert (a[1]["total"], b[1]["total"], again[1]["total"]) == (1, 2, 1)
+    assert "x-streamtools-duplicate" not in b[2]
+    assert again[2]["x-streamtools-duplicate"] == "true"
+
+
+class Blob(msgspec.Struct, kw_only=True):
+    data: str
+
+
+async def test_dedup_cache_is_bounded_in_bytes(
+    queue_name: str, client: aiohttp.ClientSession
+) -> None:
+    # Room for two 10 kB replies and a small one: the third large reply evicts the least
+    # recently used entry by bytes, far below the window of 10,000 entries.
+    consumer = order_consumer(queue_name, dedup_max_bytes=25_000)
+    calls: list[str] = []
+
+    @consumer()
+    async def handle(msg: Order) -> Blob | None:
+        calls.append(current_metadata().id)
+        return Blob(data="x" * 10_000) if msg.note == "big" else None
+
+    small = order_json()
+    big = msgspec.json.encode({**msgspec.json.decode(order_json()), "note": "big"})
+
+    async def send(mid: str, body: bytes) -> tuple[int, bool]:
+        status, _, headers = await post(client, consumer.url, body, {"ce-id": mid})
+        return status, headers.get("x-streamtools-duplicate") == "true"
+
+    async with serving(consumer):
+        assert await send("small", small) == (204, False)
+        assert await send("big-0", big) == (200, False)
+        assert await send("big-1", big) == (200, False)
+        assert await send("small", small) == (204, True)  # remembered, and now recent
+        assert await send("big-2", big) == (200, False)  # over 25 kB: big-0 goes
+        assert await send("big-2", big) == (200, True)
+        assert await send("small", small) == (204, True)
+        assert await send("big-0", big) == (200, False)  # forgotten: handled again
+    assert calls == ["small", "big-0", "big-1", "big-2", "big-0"]
 
 
 @contextlib.asynccontextmanager
