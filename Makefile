@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SRC := src tests examples benchmarks
 PYTEST_ARGS ?=
 
-.PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick dist clean
+.PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick dist compat clean
 
 all: check
 
@@ -36,7 +36,11 @@ typecheck: $(STAMP)
 codegen-check: $(STAMP)
 	$(BIN)/streamtools codegen schemas examples/contracts --check
 
-check: lint typecheck codegen-check
+# compat: schemas/ against the last release tag (scripts/compat.sh says how to acknowledge a break)
+compat: $(STAMP)
+	scripts/compat.sh
+
+check: lint typecheck codegen-check compat
 
 test: check
 	$(BIN)/pytest $(PYTEST_ARGS)

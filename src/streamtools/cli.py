@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from streamtools import codegen
+from streamtools import compat as compat_module
 from streamtools._codec import codec_for
 from streamtools._helpers import ConsumerFactory, ConsumerRunner
 from streamtools._registry import PRODUCERS
@@ -180,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     doc.set_defaults(handler=_cmd_asyncapi)
+
+    compat = commands.add_parser(
+        "compat",
+        help="report breaking changes between two folders of schemas",
+        description="Compare the JSON Schemas of OLD_SCHEMAS and NEW_SCHEMAS (paired by title) "
+        "and print one line per incompatible change; exit 0 when every contract is "
+        "compatible, 1 otherwise.",
+    )
+    compat_module.add_arguments(compat)
+    compat.set_defaults(handler=_cmd_compat)
     return parser
 
 
@@ -284,6 +295,12 @@ def _cmd_queues(args: argparse.Namespace) -> int:
         fields = ", ".join(getattr(contract.message_type, "__struct_fields__", ()))
         print(f"{name:<{width}}  {contract.message_type.__name__}({fields})")
     return 0
+
+
+def _cmd_compat(args: argparse.Namespace) -> int:
+    return compat_module.run(
+        args.old_dir, args.new_dir, mode=args.mode, acknowledge=args.acknowledge
+    )
 
 
 def _cmd_asyncapi(args: argparse.Namespace) -> int:
