@@ -50,7 +50,7 @@ _CLOUDEVENTS_HEADERS: Final[dict[str, Any]] = {
     "required": ["ce-id", "ce-type", "ce-source", "ce-specversion", "ce-time"],
 }
 _DEAD_LETTER_HEADERS: Final[dict[str, Any]] = {
-    "x-death-reason": {"type": "string", "enum": ["invalid", "failed"]},
+    "x-death-reason": {"type": "string", "enum": ["invalid", "max-retries"]},
     "x-error-type": {"type": "string", "description": "The error's class name."},
     "x-error-message": {"type": "string", "description": "What failed (the field path)."},
     "x-attempts": {"type": "string", "description": "Deliveries before dead-lettering."},
