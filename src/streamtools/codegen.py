@@ -61,18 +61,15 @@ import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from streamtools import _types
+# The run-time queue-name rule: codegen refuses exactly the names a Queue would.
+from streamtools._types import check_queue_name
 from streamtools.errors import ConfigurationError
-
-# The run-time queue-name rule (streamtools._types.check_queue_name), so that codegen refuses
-# exactly what a Queue would; _QUEUE_RE is the same rule for a streamtools without it.
-_CHECK_QUEUE_NAME: Callable[[object], str] | None = getattr(_types, "check_queue_name", None)
 
 __all__ = [
     "DATAMODEL_RANGE",
@@ -92,7 +89,6 @@ DATAMODEL_RANGE = ">=0.89,<0.90"
 _SUPPORTED_SERIES = (0, 89)
 
 _TITLE_RE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
-_QUEUE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
 _FORMATS = frozenset({"uuid", "date-time", "date", "time", "email", "uri"})
 _TYPED_FORMATS = frozenset({"uuid", "date-time", "date", "time"})
 _TYPES = frozenset({"string", "integer", "number", "boolean", "object", "array", "null"})
@@ -399,13 +395,9 @@ def _load_schemas(schemas_dir: Path) -> list[_Schema]:
 
 
 def _queue_problem(queue: object) -> str | None:
-    """Why `queue` is not a queue name (the run-time rule where there is one), or None."""
-    if _CHECK_QUEUE_NAME is None:
-        if isinstance(queue, str) and _QUEUE_RE.match(queue):
-            return None
-        return "use letters, digits, '.', '_' and '-', starting with a letter (orders.created)"
+    """Why `queue` is not a queue name (the rule `Queue` applies at run time), or None."""
     try:
-        _CHECK_QUEUE_NAME(queue)
+        check_queue_name(queue)
     except ValueError as exc:
         return str(exc)
     return None
