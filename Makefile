@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC := src tests examples benchmarks
+SRC := src tests examples benchmarks scripts
 PYTEST_ARGS ?=
 
 .PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick dist compat clean
