@@ -16,8 +16,9 @@ running the handler again, so producer retries are safe.
 
 Modules, by job: `_producer` (requests and retries), `_consumer` (one queue's route:
 checks, decode, handler, status), `_server` (the shared server and its dispatch),
-`_negotiation` (content types, Accept, GET query <-> message), `_dedup` (the answers to
-recent messages), `_presets` (send-side wire formats), `_outcome` (answers), `_config`.
+`_negotiation` (content types, Accept, GET query <-> message), `_body` (reading within the
+size limit), `_dedup` (the answers to recent messages), `_presets` (send-side wire
+formats), `_outcome` (answers), `_config` (settings and the environment).
 """
 
 from streamtools.transports.http._consumer import HTTPConsumer

@@ -9,9 +9,7 @@ import re
 import ssl as ssl_module
 from typing import Final
 
-import aiohttp
 from aiohttp import web
-from aiohttp.streams import StreamReader
 from yarl import URL
 
 from streamtools import _settings
@@ -27,6 +25,7 @@ from streamtools.errors import (
     ValidationError,
 )
 from streamtools.transports.http import _config
+from streamtools.transports.http._body import read_body
 from streamtools.transports.http._dedup import Dedup, Key
 from streamtools.transports.http._negotiation import accepted, body_type, converter
 from streamtools.transports.http._outcome import (
@@ -289,7 +288,7 @@ class HTTPConsumer(Consumer[T]):
             body = (
                 converter(self.queue.message_type).to_json(request.query)
                 if method == "GET"
-                else await self._body(request)
+                else await read_body(request, self.max_body_size)
             )
             if body is None:
                 return self._too_large(), False
@@ -315,45 +314,6 @@ class HTTPConsumer(Consumer[T]):
     def _log_failure(self, text: str, meta: Metadata, method: str, exc: BaseException) -> None:
         extra = {"queue": self.queue.name, "message_id": meta.id, "method": method}
         logger.error(text, meta.id, exc_info=exc, extra=extra)
-
-    async def _body(self, request: web.BaseRequest) -> bytes | None:
-        """The request body, or None once it passes `max_body_size`."""
-        content = request.content
-        # Usually the whole body came with the headers: take it without awaiting (a client
-        # expecting 100-continue takes the path that answers it).
-        if content.is_eof() and "Expect" not in request.headers:
-            return self._buffered_body(content)
-        return await self._read_body(request)
-
-    async def _read_body(self, request: web.BaseRequest) -> bytes | None:
-        """The body, or None once it passes `max_body_size` (streamed bodies included)."""
-        limit = self.max_body_size
-        content = request.content
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            if (
-                request.version == aiohttp.HttpVersion11
-                and request.headers.get("Expect", "").lower() == "100-continue"
-            ):
-                # The checks passed: let a client that waits for it (curl) send the body.
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            while chunk := await content.readany():
-                size += len(chunk)
-                if size > limit:
-                    return None
-                chunks.append(chunk)
-        except Exception as exc:  # a cut upload, a broken Content-Encoding: aiohttp's many kinds
-            raise DecodeError(f"cannot read the request body: {exc}") from exc
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def _buffered_body(self, content: StreamReader) -> bytes | None:
-        """The body of a request read to its end already, or None when over the limit."""
-        try:
-            body = content.read_nowait()
-        except Exception as exc:  # a cut upload, a broken Content-Encoding
-            raise DecodeError(f"cannot read the request body: {exc}") from exc
-        return body if len(body) <= self.max_body_size else None
 
     def _too_large(self) -> Outcome:
         return error_outcome(
