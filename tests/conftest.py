@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -40,6 +40,19 @@ def rabbitmq_url() -> str:
             pytrace=False,
         )
     return RMQ_URL
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A Kafka-protocol broker: `KAFKA_BOOTSTRAP_SERVERS` when set, else the bundled Tansu."""
+    from tests.support.kafka_broker import TansuBroker, provided_bootstrap_servers
+
+    provided = provided_bootstrap_servers()
+    if provided is not None:
+        yield provided
+        return
+    with TansuBroker() as broker:
+        yield broker.bootstrap_servers
 
 
 def unique_name(prefix: str = "st-test") -> str:

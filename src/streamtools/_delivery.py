@@ -163,14 +163,31 @@ class QueuedConsumer(Consumer[T]):
         """How many delayed-retry stages the queue needs (none for a DLQ consumer)."""
         return 0 if self.is_dead_letter_queue else self.max_retries
 
-    def _accept(self, incoming: Incoming) -> None:
+    def _accept(
+        self, incoming: Incoming, *, after: asyncio.Task[None] | None = None
+    ) -> asyncio.Task[None]:
         """Take one received message: handled in a task of its own, tracked for shutdown.
 
         Our own task, not the client library's: a lost connection must not cancel a running
-        handler.
+        handler. With `after`, the handler runs once that delivery is done (Kafka: in order
+        within a key). Returns the delivery's task.
         """
         self._delivery_started()
-        self._spawn(self._deliver(self.routes[0], incoming))
+        route = self.routes[0]
+        if after is None or after.done():
+            return self._spawn(self._deliver(route, incoming))
+        return self._spawn(self._deliver_after(after, route, incoming))
+
+    async def _deliver_after(
+        self, after: asyncio.Task[None], route: Route[T], incoming: Incoming
+    ) -> None:
+        try:
+            await asyncio.wait([after])
+        except asyncio.CancelledError:
+            incoming.abandon()
+            self._delivery_done()
+            raise
+        await self._deliver(route, incoming)
 
     async def _deliver(self, route: Route[T], incoming: Incoming) -> None:
         meta = incoming.meta
@@ -279,9 +296,10 @@ class QueuedConsumer(Consumer[T]):
     def _log_extra(self, meta: Metadata) -> dict[str, object]:
         return {"queue": self.queue.name, "message_id": meta.id, "attempt": meta.attempt}
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._track(task)
+        return task
 
 
 def _cause(error: BaseException) -> BaseException:

@@ -17,6 +17,7 @@ from streamtools.errors import ConfigurationError
 HTTP: Final = "HTTPHandler"
 RMQ: Final = "RMQIOHandler"
 MEMORY: Final = "MemoryHandler"
+KAFKA: Final = "KafkaHandler"
 
 
 class ProducerClass(Protocol):
@@ -127,11 +128,13 @@ _BUILTIN: Final[Mapping[str, tuple[str, str, str]]] = {
     HTTP: ("streamtools.transports.http", "HTTPProducer", "HTTPConsumer"),
     MEMORY: ("streamtools.transports.memory", "MemoryProducer", "MemoryConsumer"),
     RMQ: ("streamtools.transports.rabbitmq", "RabbitMQProducer", "RabbitMQConsumer"),
+    KAFKA: ("streamtools.transports.kafka", "KafkaProducer", "KafkaConsumer"),
 }
 _ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
     MEMORY: ("memory",),
     HTTP: ("http",),
     RMQ: ("rabbitmq", "rmq", "amqp"),
+    KAFKA: ("kafka",),
 }
 
 

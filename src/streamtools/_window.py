@@ -110,6 +110,7 @@ class SettleWindow:
         The only sender of a window's acknowledgements, so single ones always precede the
         cumulative one that passes their positions (acking a position twice is refused).
         """
+        previous = self.acked
         try:
             while True:
                 if self.loose:
@@ -117,13 +118,16 @@ class SettleWindow:
                     for position in loose:
                         await self._ack(position, False)
                 elif self.ready > self.acked:
-                    position = self.acked = self.ready
+                    previous, position = self.acked, self.ready
+                    self.acked = position
                     await self._ack(position, True)
                 else:
                     return
         except Exception as exc:
-            # The channel or session closed: the broker redelivers everything unacknowledged.
-            logger.info("acknowledgement failed, messages will be redelivered: %s", exc)
+            # A closed channel redelivers everything unacknowledged on it; a failed commit
+            # (Kafka) is sent again with the next drain, since `acked` goes back.
+            self.acked = previous
+            logger.info("acknowledgement failed, messages may be redelivered: %s", exc)
 
     async def close(self) -> None:
         """Wait for a running flush, then send what is left."""

@@ -711,6 +711,7 @@ async def test_ack_window_acks_exactly_the_finished_deliveries(
         await underlay.basic_consume(name, on_message, no_ack=False)
         async with asyncio.timeout(30):
             await all_in.wait()
+
         async def ack(tag: int, multiple: bool) -> None:
             await underlay.basic_ack(tag, multiple=multiple)
 
