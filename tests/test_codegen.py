@@ -202,7 +202,9 @@ def test_additional_properties_false_rejects_unknown_fields_by_name(cases: Modul
         _strict(cases, colour="red")
     with pytest.raises(msgspec.ValidationError, match=r"unknown field `z` - at `\$\.closed`"):
         _strict(cases, closed={"x": 1, "z": 2})
-    with pytest.raises(msgspec.ValidationError, match=r"unknown field `z` - at `\$\.points\[\.\.\.\]`"):
+    with pytest.raises(
+        msgspec.ValidationError, match=r"unknown field `z` - at `\$\.points\[\.\.\.\]`"
+    ):
         _strict(cases, points={"a": {"x": 1, "y": 2, "z": 3}})
     # additionalProperties true (or absent) keeps the default: unknown fields are accepted
     assert _strict(cases, open={"x": 1, "z": 2}).open.x == 1
