@@ -4,6 +4,8 @@ QUEUE_TYPE picks the transport (default HTTPHandler):
 - HTTPHandler: billing runs as its own process on a loopback port; no broker needed.
 - RMQIOHandler: billing runs as its own process; messages go through RabbitMQ (RMQ_* env).
 - MemoryHandler: everything in this process on the embedded memory broker.
+- KafkaHandler: billing runs as its own process; messages go through Kafka
+  (KAFKA_BOOTSTRAP_SERVERS, else the bundled Tansu broker, started for the demo).
 The demo process places the orders and plays the ledger that receives the invoices.
 """
 
@@ -22,6 +24,7 @@ from examples.orders import make_order
 from streamtools import (
     CONSUMER_LOOPS,
     HTTP,
+    KAFKA,
     MEMORY,
     PRODUCERS,
     ConsumerRunner,
@@ -175,5 +178,18 @@ async def main(queue_type: str, count: int = ORDERS) -> int:
     return code or billing_exit
 
 
+def run(queue_type: str) -> int:
+    if queue_type in CONSUMER_LOOPS and CONSUMER_LOOPS[queue_type] is CONSUMER_LOOPS[KAFKA]:
+        if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            from examples.tansu import TansuBroker
+
+            with TansuBroker() as broker:
+                print(f"demo: started the bundled Kafka broker on {broker.bootstrap_servers}")
+                os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+                return asyncio.run(main(KAFKA))
+        return asyncio.run(main(KAFKA))
+    return asyncio.run(main(queue_type))
+
+
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main(os.environ.get("QUEUE_TYPE", HTTP))))
+    raise SystemExit(run(os.environ.get("QUEUE_TYPE", HTTP)))

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from streamtools import HTTP, MEMORY, RMQ
+from streamtools import HTTP, KAFKA, MEMORY, RMQ
 from tests.conftest import RMQ_URL, eventually, free_port, unique_name
 from tests.support.queues import delete_queues
 
@@ -42,17 +42,15 @@ def run(
     )
 
 
-@pytest.mark.parametrize("queue_type", [HTTP, MEMORY, RMQ])
+@pytest.mark.parametrize("queue_type", [HTTP, MEMORY, RMQ, KAFKA])
 def test_demo_runs_the_order_flow(queue_type: str, request: pytest.FixtureRequest) -> None:
+    env = {"QUEUE_TYPE": queue_type, "RMQ_URL": RMQ_URL}
     if queue_type == RMQ:
         request.getfixturevalue("rabbitmq_url")
+    if queue_type == KAFKA:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = request.getfixturevalue("kafka_bootstrap")
     try:
-        result = run(
-            sys.executable,
-            "-m",
-            "examples.demo",
-            env={"QUEUE_TYPE": queue_type, "RMQ_URL": RMQ_URL},
-        )
+        result = run(sys.executable, "-m", "examples.demo", env=env)
     finally:
         if queue_type == RMQ:
             asyncio.run(delete_queues(RMQ_URL, ["orders.created", "billing.invoiced"]))
@@ -60,6 +58,19 @@ def test_demo_runs_the_order_flow(queue_type: str, request: pytest.FixtureReques
     assert f"demo ({queue_type}): sent 300, handled 300, rejected 1" in result.stdout
     assert "billing stopped with exit code 0" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_kafka_demo_starts_the_bundled_broker_when_none_is_configured() -> None:
+    # What `QUEUE_TYPE=KafkaHandler make demo` does on a fresh clone: no broker configured.
+    result = run(
+        sys.executable,
+        "-m",
+        "examples.demo",
+        env={"QUEUE_TYPE": KAFKA, "KAFKA_BOOTSTRAP_SERVERS": "", "DEMO_ORDERS": "40"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo: started the bundled Kafka broker on 127.0.0.1:" in result.stdout
+    assert "demo (KafkaHandler): sent 40, handled 40, rejected 1" in result.stdout
 
 
 def test_cli_version_and_help() -> None:
