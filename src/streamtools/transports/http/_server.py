@@ -5,11 +5,14 @@ paths a runner mounts (`/healthz`). `SharedServer` owns the listening socket: re
 its consumers, started by the first, stopped by the last release.
 
 The server is aiohttp's low-level `web.Server` with this dict dispatch rather than an
-`Application` and its router: every route is one exact path, so the router's resolution,
-middleware chain and per-request match info are pure cost. A/B on this machine (2 shared
-cores, aiohttp 3.14.5): one process serving POSTs of a 200-byte JSON body answered 204 to an
-aiohttp client at concurrency 16, 4000 requests per round, 7 alternating rounds; median
-5,670 req/s with `web.Server` and 5,222 req/s with `Application` + `add_post` (0.92x).
+`Application` and its router, for two reasons. Consumers bind and unbind while the server
+runs (a second consumer joins a started shared server; a closed one leaves it), and an
+Application's router is frozen once it starts. And every route is one exact path, so the
+router's resolution, middleware chain and match info are pure cost: an A/B on this machine
+(2 shared cores, aiohttp 3.14.5; one process serving POSTs of a 200-byte JSON body, answered
+204, to an aiohttp client at concurrency 16, 4000 requests per round, rounds alternating
+web.Server / Application, medians) gave Application 0.92x the requests per second of
+web.Server in 7 rounds (5,222 vs 5,670) and 0.97x in 9 (6,072 vs 6,233).
 """
 
 from __future__ import annotations
