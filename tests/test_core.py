@@ -40,17 +40,24 @@ def test_registry_resolves_names_and_aliases() -> None:
     consumers: list[object] = [CONSUMER_LOOPS["memory"]]
     assert consumers == [MemoryConsumer]
     assert "rabbitmq" in PRODUCERS
-    assert sorted(PRODUCERS) == ["HTTPHandler", "MemoryHandler", "RMQIOHandler"]
+    assert sorted(PRODUCERS) == ["HTTPHandler", "KafkaHandler", "MemoryHandler", "RMQIOHandler"]
 
 
 def test_unknown_transport_lists_the_known_ones() -> None:
     with pytest.raises(KeyError) as info:
-        PRODUCERS["KafkaHandler"]
+        PRODUCERS["NatsHandler"]
     assert isinstance(info.value, UnknownTransportError)
     assert isinstance(info.value, ConfigurationError)
     message = str(info.value)
-    assert "'KafkaHandler'" in message
-    for name in ("HTTPHandler", "MemoryHandler", "RMQIOHandler", "rabbitmq", "http", "memory"):
+    assert "'NatsHandler'" in message
+    for name in (
+        "HTTPHandler",
+        "KafkaHandler",
+        "MemoryHandler",
+        "RMQIOHandler",
+        "rabbitmq",
+        "kafka",
+    ):
         assert name in message
 
 
