@@ -182,7 +182,7 @@ async def test_sigterm_mid_burst_over_rabbitmq_loses_nothing(
     queue = Queue(name, OrderCreated)
     try:
         async with PRODUCERS[RMQ](queue, url=rabbitmq_url) as producer:
-            sent = await producer.send_many([order(n) for n in range(200)])  # type: ignore[attr-defined]
+            sent = await producer.send_many([order(n) for n in range(200)])
             async with service(
                 "seed_service.py",
                 QUEUE_TYPE=RMQ,
