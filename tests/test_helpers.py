@@ -33,7 +33,7 @@ from streamtools import (
     UnknownQueueError,
     current_metadata,
 )
-from streamtools._health import ServesPort
+from streamtools._health import Answer, ServesPort, serve_endpoints
 from streamtools.transports.memory import MemoryConsumer
 from tests.conftest import eventually, unique_name
 
@@ -331,6 +331,27 @@ async def test_runner_serves_healthz_itself_when_no_consumer_serves_a_port() -> 
         await serving
     with pytest.raises(ConnectionRefusedError):
         await _get(runner.health_port, "/healthz")  # stopped with the runner
+
+
+async def test_the_runners_own_server_answers_head_and_refuses_garbage() -> None:
+    port, stop = await serve_endpoints(
+        {"/metrics": lambda: Answer(200, b"n 1\n", "text/plain")}, host="127.0.0.1", port=0
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(10):
+            head = await reader.read()
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Type: text/plain\r\n" in head
+        assert b"Content-Length: 4\r\n" in head  # the GET's length, without the body
+        assert head.endswith(b"\r\n\r\n")
+        assert (await _get(port, "/metrics"))[1] == b"n 1\n"
+        status, _ = await _get(port, "not http at all")
+        assert status == 400
+    finally:
+        await stop()
 
 
 async def test_runner_with_port_0_puts_port_serving_consumers_and_healthz_on_one_port() -> None:

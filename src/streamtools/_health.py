@@ -26,10 +26,12 @@ JSON: Final = "application/json"
 
 
 class Answer(NamedTuple):
-    """What an endpoint answers to GET: a status and a JSON body."""
+    """What an endpoint answers to GET: a status and a body (JSON unless it says otherwise,
+    e.g. a metrics endpoint's text format)."""
 
     status: int
     body: bytes
+    content_type: str = JSON
 
 
 Endpoint = Callable[[], Answer]
@@ -93,10 +95,10 @@ async def serve_endpoints(
         if task is not None:
             connections.add(task)
         try:
-            (status, body), head_only = await _answer(reader, paths)
+            (status, body, content_type), head_only = await _answer(reader, paths)
             reason = _REASONS.get(status, _REASONS_503)
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {JSON}\r\n"
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + (b"" if head_only else body)
             )

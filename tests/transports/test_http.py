@@ -701,12 +701,13 @@ async def test_a_mounted_endpoint_is_answered_on_the_consumers_port(
     consumer()(_noop)
     assert consumer.capabilities.serves_port
     served: ServesPort = consumer  # the runner's view of it: mypy checks the Protocol
-    served.mount("/metrics", lambda: Answer(200, b'{"n": 1}'))
+    served.mount("/metrics", lambda: Answer(200, b"n 1\n", "text/plain; version=0.0.4"))
     with pytest.raises(ConfigurationError, match="cannot mount"):
         served.mount(f"/{queue_name}", lambda: Answer(200, b"{}"))
     async with serving(consumer):
         async with client.get(f"http://127.0.0.1:{consumer.port}/metrics") as resp:
-            assert (resp.status, await resp.json()) == (200, {"n": 1})
+            assert (resp.status, await resp.read()) == (200, b"n 1\n")
+            assert resp.headers["Content-Type"] == "text/plain; version=0.0.4"
         async with client.post(f"http://127.0.0.1:{consumer.port}/metrics") as resp:
             assert (resp.status, resp.headers["Allow"]) == (405, "GET")
 

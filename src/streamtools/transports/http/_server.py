@@ -92,8 +92,8 @@ class Routes:
                 return error(503, "unavailable", "the server is shutting down")
             if endpoint is None:
                 return self._queues()
-            status, body = endpoint()
-            return web.Response(status=status, body=body, headers={"Content-Type": JSON})
+            status, body, content_type = endpoint()
+            return web.Response(status=status, body=body, headers={"Content-Type": content_type})
         name = path[1:]
         methods = self.table.get(name)
         if methods is None:
