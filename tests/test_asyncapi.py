@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with datamodel-code-generator
 
-from streamtools import HTTP, MEMORY, RMQ
+from streamtools import HTTP, KAFKA, MEMORY, RMQ
 from streamtools.codegen import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-TRANSPORTS = {HTTP: "http", RMQ: "rabbitmq", MEMORY: "memory"}
+TRANSPORTS = {HTTP: "http", RMQ: "rabbitmq", KAFKA: "kafka", MEMORY: "memory"}
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +127,25 @@ def test_the_parser_rejects_a_broken_document(
     assert any(d["severity"] == 0 for d in diagnostics)
 
 
+def test_the_parser_checks_kafka_bindings(
+    parser_dir: Path, documents: dict[str, Path], tmp_path: Path
+) -> None:
+    # The control for the Kafka parts: the parser reads the kafka binding schemas.
+    broken = json.loads(documents["demo-kafka.json"].read_text())
+    broken["channels"]["orders.created"]["bindings"]["kafka"]["partitions"] = 0
+    broken["operations"]["orders.created.receive"]["bindings"]["kafka"]["bindingVersion"] = "9"
+    broken["components"]["messages"]["OrderCreated"]["bindings"]["kafka"]["keys"] = {}
+    (tmp_path / "broken-kafka.json").write_text(json.dumps(broken))
+    code, diagnostics = validate(parser_dir, tmp_path / "broken-kafka.json")
+    assert code == 1
+    paths = {".".join(d["path"]) for d in diagnostics if d["severity"] == 0}
+    assert {
+        "channels.orders.created.bindings.kafka.partitions",
+        "operations.orders.created.receive.bindings.kafka.bindingVersion",
+        "components.messages.OrderCreated.bindings.kafka.keys",
+    } <= paths, paths
+
+
 def test_yaml_and_json_are_the_same_document(documents: dict[str, Path]) -> None:
     for name, path in documents.items():
         if name.endswith(".yaml"):
@@ -218,3 +237,76 @@ def test_server_url_and_determinism(tmp_path: Path) -> None:
     missing = asyncapi("--contracts", "examples.contracts", "-o", tmp_path / "no" / "x.json")
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: ")
+
+
+def test_kafka_document(documents: dict[str, Path]) -> None:
+    doc = json.loads(documents["demo-kafka.json"].read_text())
+    assert doc["servers"] == {"kafka": {"host": "localhost:9092", "protocol": "kafka"}}
+    queues = ["billing.invoiced", "orders.created", "shipping.requested"]
+    assert sorted(doc["channels"]) == sorted([*queues, *(f"{q}.dlq" for q in queues)])
+    for name in doc["channels"]:  # topic = queue name, the transport's default partitions
+        assert doc["channels"][name]["bindings"] == {
+            "kafka": {"topic": name, "partitions": 3, "bindingVersion": "0.5.0"}
+        }
+    assert doc["channels"]["orders.created.dlq"]["messages"] == {
+        "OrderCreated.deadLetter": {"$ref": "#/components/messages/OrderCreated.deadLetter"}
+    }
+    operations = doc["operations"]
+    assert "bindings" not in operations["orders.created.send"]  # no producer-side binding
+    assert "acks=all" in operations["orders.created.send"]["description"]
+    for queue in ("orders.created", "orders.created.dlq"):
+        kafka = operations[f"{queue}.receive"]["bindings"]["kafka"]
+        assert kafka["bindingVersion"] == "0.5.0"
+        assert kafka["groupId"]["type"] == "string"
+        assert kafka["groupId"]["default"] == queue  # group= else KAFKA_GROUP else the queue
+    assert "orders.created.dlq.send" not in operations
+
+    messages = doc["components"]["messages"]
+    message = messages["OrderCreated"]
+    assert message["payload"] == {"$ref": "#/components/schemas/OrderCreated"}
+    assert message["correlationId"]["location"] == "$message.header#/ce_id"
+    headers = message["headers"]
+    # The CloudEvents Kafka binding's names: ce_ and content-type, never the ce- of HTTP/AMQP.
+    assert headers["required"] == [
+        "ce_id",
+        "ce_type",
+        "ce_source",
+        "ce_specversion",
+        "ce_time",
+        "content-type",
+    ]
+    assert list(headers["properties"]) == [*headers["required"], "x-streamtools-attempt"]
+    assert not any(key.startswith("ce-") for key in json.dumps(doc).split('"'))
+    assert message["bindings"]["kafka"]["key"]["type"] == "string"
+    assert message["bindings"]["kafka"]["bindingVersion"] == "0.5.0"
+    dead = messages["OrderCreated.deadLetter"]
+    assert dead["correlationId"]["location"] == "$message.header#/ce_id"
+    assert {"ce_id", "content-type", "x-death-reason", "x-error-type"} <= set(
+        dead["headers"]["required"]
+    )
+    assert "x-original-queue" in dead["headers"]["properties"]
+    # Only the transport-specific parts differ from the RabbitMQ document.
+    rmq = json.loads(documents["demo-rabbitmq.json"].read_text())
+    assert doc["components"]["schemas"] == rmq["components"]["schemas"]
+    assert sorted(doc["operations"]) == sorted(rmq["operations"])
+
+
+def test_kafka_transport_names_and_server(tmp_path: Path) -> None:
+    by_name = asyncapi("--contracts", "examples.contracts", "--transport", KAFKA)
+    assert by_name.returncode == 0, by_name.stderr
+    by_alias = asyncapi("--contracts", "examples.contracts", "--transport", "kafka")
+    assert by_alias.stdout == by_name.stdout  # deterministic, and the alias is the same
+    args = ["--contracts", "examples.contracts", "--transport", "kafka", "--server"]
+    for url, host, protocol in [
+        ("kafka://broker.example:9093", "broker.example:9093", "kafka"),
+        ("broker.example:9093", "broker.example:9093", "kafka"),  # as Kafka clients take it
+        ("kafka-secure://app:s3cret@broker.example:9094", "broker.example:9094", "kafka-secure"),
+    ]:
+        done = asyncapi(*args, url)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["servers"] == {"kafka": {"host": host, "protocol": protocol}}
+        assert "s3cret" not in done.stdout
+    for bad in ("amqp://broker.example:5672", "broker.example:x", "a:9092,b:9092", "kafka://b/x"):
+        done = asyncapi(*args, bad)
+        assert done.returncode == 1, bad
+        assert "is not a kafka or kafka-secure URL with a host" in done.stderr, done.stderr

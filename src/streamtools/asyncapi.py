@@ -1,13 +1,20 @@
 """An AsyncAPI 3.0.0 document of a contracts package: `streamtools asyncapi`.
 
 One channel per queue (its address is the queue name), with a `send` and a `receive`
-operation; on the queued transports (RabbitMQ, memory) the `<queue>.dlq` channel too, with a
-`receive` operation and the dead-letter headers. Each message's payload is the JSON Schema of
-its contract's Struct (`msgspec.json.schema_components`), stored under `components.schemas`
-with `$ref`s pointing there: draft-07 keywords only, which is what AsyncAPI 3.0's default
-schema format (a superset of JSON Schema draft-07) reads. The CloudEvents attributes travel as
-headers (binary content mode) and are the messages' headers schema; `correlationId` points at
-`ce-id`, which a reply to a request carries as its correlation id.
+operation; on the queued transports (RabbitMQ, Kafka, memory) the `<queue>.dlq` channel too,
+with a `receive` operation and the dead-letter headers. Each message's payload is the JSON
+Schema of its contract's Struct (`msgspec.json.schema_components`), stored under
+`components.schemas` with `$ref`s pointing there: draft-07 keywords only, which is what
+AsyncAPI 3.0's default schema format (a superset of JSON Schema draft-07) reads. The
+CloudEvents attributes travel as headers (binary content mode) and are the messages' headers
+schema, named as the protocol binding names them (`ce-id`, ... over HTTP and AMQP; `ce_id`,
+... and `content-type` over Kafka); `correlationId` points at the id header, which a reply to
+a request carries as its correlation id.
+
+Kafka: a `kafka` server (bootstrap `host:port`), channels with `kafka` bindings (topic, the
+transport's default 3 partitions), `receive` operations with the consumer group (`groupId`:
+the queue name unless `group=`/`KAFKA_GROUP` say otherwise) and messages with the optional
+record key (binding version 0.5.0, the newest the AsyncAPI 3.0.0 schema knows).
 
 The output is deterministic: keys in a fixed order, queues and schemas sorted, no timestamps.
 """
@@ -22,7 +29,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from streamtools._registry import HTTP, MEMORY, PRODUCERS, RMQ
+from streamtools._registry import HTTP, KAFKA, MEMORY, PRODUCERS, RMQ
 from streamtools._types import Queue
 from streamtools.errors import ConfigurationError
 
@@ -30,24 +37,36 @@ __all__ = ["ASYNCAPI_VERSION", "document", "dumps"]
 
 ASYNCAPI_VERSION: Final = "3.0.0"
 _BINDING_VERSION: Final = "0.3.0"
+_KAFKA_BINDING_VERSION: Final = "0.5.0"  # the newest kafka bindings of AsyncAPI 3.0.0
+_KAFKA_PARTITIONS: Final = 3  # the transport's default `partitions=`
 _SCHEMA_REFS: Final = "#/components/schemas/{name}"
-_DEFAULT_SERVERS: Final = {HTTP: "http://localhost:8080", RMQ: "amqp://localhost:5672/"}
+_DEFAULT_SERVERS: Final = {
+    HTTP: "http://localhost:8080",
+    RMQ: "amqp://localhost:5672/",
+    KAFKA: "kafka://localhost:9092",
+}
+_SCHEMES: Final = {
+    HTTP: ("http", "https"),
+    RMQ: ("amqp", "amqps"),
+    KAFKA: ("kafka", "kafka-secure"),
+}
 
-_CLOUDEVENTS_HEADERS: Final[dict[str, Any]] = {
-    "type": "object",
-    "description": "CloudEvents 1.0 attributes in binary content mode.",
-    "properties": {
-        "ce-id": {"type": "string", "description": "Unique per message, kept across retries."},
-        "ce-type": {"type": "string", "description": "The message type (the Struct's name)."},
-        "ce-source": {"type": "string", "description": "The sending service."},
-        "ce-specversion": {"type": "string", "const": "1.0"},
-        "ce-time": {"type": "string", "format": "date-time"},
-        "x-streamtools-attempt": {
-            "type": "string",
-            "description": "Deliveries so far to this queue's consumer (absent on the first).",
-        },
-    },
-    "required": ["ce-id", "ce-type", "ce-source", "ce-specversion", "ce-time"],
+# The CloudEvents attributes without their prefix (`ce-` over HTTP/AMQP, `ce_` over Kafka).
+_CLOUDEVENTS_ATTRIBUTES: Final[dict[str, dict[str, Any]]] = {
+    "id": {"type": "string", "description": "Unique per message, kept across retries."},
+    "type": {"type": "string", "description": "The message type (the Struct's name)."},
+    "source": {"type": "string", "description": "The sending service."},
+    "specversion": {"type": "string", "const": "1.0"},
+    "time": {"type": "string", "format": "date-time"},
+}
+_ATTEMPT_HEADER: Final[dict[str, Any]] = {
+    "type": "string",
+    "description": "Deliveries so far to this queue's consumer (absent on the first).",
+}
+_KAFKA_CONTENT_TYPE: Final[dict[str, Any]] = {
+    "type": "string",
+    "description": "The record value's media type (CloudEvents Kafka binding), e.g. "
+    "application/json.",
 }
 _DEAD_LETTER_HEADERS: Final[dict[str, Any]] = {
     "x-death-reason": {"type": "string", "enum": ["invalid", "max-retries"]},
@@ -68,7 +87,7 @@ def document(
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document (as JSON-ready dicts) of `contracts` on `transport`."""
     canonical = _canonical(transport)
-    queued = canonical in (RMQ, MEMORY)
+    queued = canonical in (RMQ, KAFKA, MEMORY)
     types = sorted({q.message_type for q in contracts.values()}, key=lambda t: t.__name__)
     structs = [t for t in types if issubclass(t, msgspec.Struct)]
     if len(structs) != len(types):
@@ -88,13 +107,17 @@ def document(
     operations: dict[str, Any] = {}
     for name, queue in sorted(contracts.items()):
         type_name = queue.message_type.__name__
-        messages.setdefault(type_name, _message(type_name, schemas[type_name], dead=False))
+        messages.setdefault(
+            type_name, _message(type_name, schemas[type_name], canonical, dead=False)
+        )
         channels[name] = _channel(name, type_name, "#/components/messages/", canonical)
         operations[f"{name}.send"] = _operation("send", name, type_name, canonical)
         operations[f"{name}.receive"] = _operation("receive", name, type_name, canonical)
         if queued:
             dead_name = f"{type_name}.deadLetter"
-            messages.setdefault(dead_name, _message(type_name, schemas[type_name], dead=True))
+            messages.setdefault(
+                dead_name, _message(type_name, schemas[type_name], canonical, dead=True)
+            )
             dlq = f"{name}.dlq"
             channels[dlq] = _channel(dlq, dead_name, "#/components/messages/", canonical)
             channels[dlq]["description"] = (
@@ -135,10 +158,10 @@ def dumps(doc: Mapping[str, Any], *, yaml: bool = False) -> str:
 def _canonical(transport: str) -> str:
     if transport not in PRODUCERS:
         raise ConfigurationError(
-            f"unknown transport {transport!r}; use one of {HTTP}, {RMQ}, {MEMORY} "
-            "(or http, rabbitmq, memory)"
+            f"unknown transport {transport!r}; use one of {HTTP}, {RMQ}, {KAFKA}, {MEMORY} "
+            "(or http, rabbitmq, kafka, memory)"
         )
-    for name in (HTTP, RMQ, MEMORY):
+    for name in (HTTP, RMQ, KAFKA, MEMORY):
         if transport == name or transport.lower() in _ALIASES[name]:
             return name
     raise ConfigurationError(f"transport {transport!r} has no AsyncAPI description")
@@ -147,23 +170,36 @@ def _canonical(transport: str) -> str:
 _ALIASES: Final = {
     HTTP: ("http", HTTP.lower()),
     RMQ: ("rabbitmq", "rmq", "amqp", RMQ.lower()),
+    KAFKA: ("kafka", KAFKA.lower()),
     MEMORY: ("memory", MEMORY.lower()),
 }
 
 
 def _protocol(transport: str) -> str:
-    return {HTTP: "http", RMQ: "amqp"}[transport]
+    return {HTTP: "http", RMQ: "amqp", KAFKA: "kafka"}[transport]
 
 
 def _server(transport: str, url: str | None) -> dict[str, Any]:
-    parts = urlsplit(url or _DEFAULT_SERVERS[transport])
-    expected = ("amqp", "amqps") if transport == RMQ else ("http", "https")
-    if parts.scheme not in expected or not parts.hostname:
+    text = url or _DEFAULT_SERVERS[transport]
+    if transport == KAFKA and "://" not in text:
+        text = f"kafka://{text}"  # a bootstrap server as Kafka clients take it: host:port
+    parts = urlsplit(text)
+    expected: tuple[str, ...] = _SCHEMES[transport]
+    try:
+        port = parts.port
+    except ValueError:
+        port, expected = None, ()  # a port that is not a number
+    kafka_path = transport == KAFKA and parts.path not in ("", "/")
+    if parts.scheme not in expected or not parts.hostname or "," in text or kafka_path:
+        example = _DEFAULT_SERVERS[transport]
+        if transport == KAFKA:
+            example = "kafka://kafka.internal:9092 or kafka.internal:9092, one broker"
+        article = "a" if transport == KAFKA else "an"
         raise ConfigurationError(
-            f"--server {url!r} is not an {' or '.join(expected)} URL with a host "
-            f"(e.g. {_DEFAULT_SERVERS[transport]})"
+            f"--server {url!r} is not {article} {' or '.join(_SCHEMES[transport])} URL with "
+            f"a host (e.g. {example})"
         )
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    host = parts.hostname if port is None else f"{parts.hostname}:{port}"
     server: dict[str, Any] = {"host": host, "protocol": parts.scheme}  # credentials never
     if transport == RMQ:
         server["protocolVersion"] = "0.9.1"
@@ -172,23 +208,69 @@ def _server(transport: str, url: str | None) -> dict[str, Any]:
     return server
 
 
-def _message(type_name: str, payload: Mapping[str, Any], *, dead: bool) -> dict[str, Any]:
-    headers: dict[str, Any] = json.loads(json.dumps(_CLOUDEVENTS_HEADERS))
+def _headers(transport: str, *, dead: bool) -> dict[str, Any]:
+    """The headers schema: the CloudEvents attributes as the transport's binding names them."""
+    prefix = "ce_" if transport == KAFKA else "ce-"
+    properties: dict[str, Any] = {
+        f"{prefix}{name}": dict(schema) for name, schema in _CLOUDEVENTS_ATTRIBUTES.items()
+    }
+    required = list(properties)
+    if transport == KAFKA:
+        properties["content-type"] = dict(_KAFKA_CONTENT_TYPE)
+        required.append("content-type")
+    properties["x-streamtools-attempt"] = dict(_ATTEMPT_HEADER)
     if dead:
-        headers["properties"].update(_DEAD_LETTER_HEADERS)
-        headers["required"] = [*headers["required"], "x-death-reason", "x-error-type"]
+        properties.update(json.loads(json.dumps(_DEAD_LETTER_HEADERS)))
+        required += ["x-death-reason", "x-error-type"]
+    description = "CloudEvents 1.0 attributes in binary content mode."
+    if transport == KAFKA:
+        description = "CloudEvents 1.0 attributes as the CloudEvents Kafka protocol binding "
+        description += "carries them (binary content mode): ce_ headers and content-type."
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "required": required,
+    }
+
+
+def _message(
+    type_name: str, payload: Mapping[str, Any], transport: str, *, dead: bool
+) -> dict[str, Any]:
+    id_header = "ce_id" if transport == KAFKA else "ce-id"
+    if transport == KAFKA:
+        correlation = (
+            "The message id (ce_id), kept across retries and dead-lettering; the Kafka "
+            "transport offers no request/reply."
+        )
+    else:
+        correlation = (
+            "The message id; a reply to a request carries it as its correlation id "
+            "(AMQP correlation_id; over HTTP the reply is the response)."
+        )
     message: dict[str, Any] = {
         "name": f"{type_name}.deadLetter" if dead else type_name,
         "title": f"{type_name} (dead-lettered)" if dead else type_name,
         "contentType": "application/json",
-        "headers": headers,
+        "headers": _headers(transport, dead=dead),
         "payload": {"$ref": _SCHEMA_REFS.format(name=type_name)},
         "correlationId": {
-            "description": "The message id; a reply to a request carries it as its "
-            "correlation id (AMQP correlation_id; over HTTP the reply is the response).",
-            "location": "$message.header#/ce-id",
+            "description": correlation,
+            "location": f"$message.header#/{id_header}",
         },
     }
+    if transport == KAFKA:
+        message["bindings"] = {
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "description": "Optional (send option key=): records with one key go "
+                    "to one partition and keep their order; retry and dead-letter copies "
+                    "keep it.",
+                },
+                "bindingVersion": _KAFKA_BINDING_VERSION,
+            }
+        }
     description = payload.get("description")
     if isinstance(description, str):
         message["summary"] = re.sub(r"\s+", " ", description).strip()
@@ -213,6 +295,14 @@ def _channel(name: str, message: str, refs: str, transport: str) -> dict[str, An
                 "bindingVersion": _BINDING_VERSION,
             }
         }
+    elif transport == KAFKA:
+        channel["bindings"] = {
+            "kafka": {
+                "topic": name,
+                "partitions": _KAFKA_PARTITIONS,
+                "bindingVersion": _KAFKA_BINDING_VERSION,
+            }
+        }
     return channel
 
 
@@ -230,6 +320,20 @@ def _operation(action: str, channel: str, message: str, transport: str) -> dict[
         operation["bindings"] = {"amqp": {**amqp, "bindingVersion": _BINDING_VERSION}}
     elif transport == HTTP:
         operation["bindings"] = {"http": {"method": "POST", "bindingVersion": _BINDING_VERSION}}
+    elif transport == KAFKA and action == "receive":
+        group = {
+            "type": "string",
+            "default": channel,
+            "description": "The consumer group: group= (else KAFKA_GROUP, else the queue "
+            "name); each group gets every record, its members share the partitions.",
+        }
+        operation["bindings"] = {
+            "kafka": {"groupId": group, "bindingVersion": _KAFKA_BINDING_VERSION}
+        }
+    elif transport == KAFKA:
+        operation["description"] = (
+            "Produced with acks=all: a send returns once every in-sync replica has the record."
+        )
     return operation
 
 
