@@ -20,5 +20,12 @@ def builders(quick: bool) -> list[Callable[[], list[Case]]]:
         found.append(lambda: http.cases(2_000 * scale))
     else:
         print("(HTTP cases skipped: streamtools.transports.http is not there yet)")
+    if importlib.util.find_spec("aiokafka") is not None:
+        from benchmarks import kafka
+
+        found.append(lambda: kafka.produce_cases(5_000 * scale))
+        found.append(lambda: kafka.consume_cases(5_000 * scale))
+    else:
+        print("(Kafka cases skipped: install streamtools[kafka])")
     found.append(lambda: rss.cases(10_000, 60_000 if quick else 200_000))
     return found
