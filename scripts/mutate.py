@@ -100,6 +100,27 @@ MUTANTS = (
         ("tests/test_delivery.py::test_window_acks_exactly_the_finished_prefix",),
     ),
     Mutant(
+        "internal failures requeue without end",
+        "src/streamtools/_delivery.py",
+        "        if count >= _MAX_INTERNAL_FAILURES:",
+        "        if False:",
+        ("tests/test_delivery.py::test_internal_failures_end_in_the_dead_letter_queue_not_a_loop",),
+    ),
+    Mutant(
+        "a foreign attempt count is trusted",
+        "src/streamtools/_delivery.py",
+        "        if meta.attempt > self.max_retries + 1:",
+        "        if False:",
+        ("tests/test_delivery.py::test_a_foreign_attempt_count_is_clamped",),
+    ),
+    Mutant(
+        "deeply nested JSON is an internal failure (RecursionError unmapped)",
+        "src/streamtools/_codec.py",
+        "        except RecursionError:\n",
+        "        except ZeroDivisionError:\n",
+        ("tests/test_binding.py", "tests/test_core.py"),
+    ),
+    Mutant(
         "a foreign attempt header is trusted as is",
         "src/streamtools/_binding.py",
         "    return attempt if attempt >= 1 else 1",

@@ -285,3 +285,14 @@ async def test_shutdown_timeout_puts_the_message_back() -> None:
 def test_untyped_producer_is_any() -> None:
     producer: Any = PRODUCERS[MEMORY](unique_name())
     assert producer.queue.message_type is object
+
+
+@pytest.mark.parametrize("depth", [1000, 5000])
+def test_json_nested_past_the_recursion_limit_is_malformed_not_an_internal_error(
+    depth: int,
+) -> None:
+    body = b"[" * depth + b"]" * depth
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        codec_for(object).decode(body)
+    with pytest.raises(DecodeError):
+        codec_for(dict[str, object]).decode(b'{"a":' * depth + b"1" + b"}" * depth)

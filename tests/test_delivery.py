@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 from typing import Any
@@ -13,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamtools import CONSUMER_LOOPS, PRODUCERS, ConfigurationError, Queue
-from streamtools._codec import Metadata
-from streamtools._delivery import backoff_delay, dead_letter_queue
+from streamtools._codec import Metadata, new_metadata
+from streamtools._delivery import Incoming, QueuedConsumer, backoff_delay, dead_letter_queue
 from streamtools._window import SettleWindow
 from streamtools.transports.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 from tests.conftest import unique_name
@@ -234,3 +235,115 @@ async def test_send_many_names_what_was_not_accepted() -> None:
             await producer.send_many([{"a": 1}], priority=1)
     with pytest.raises(ConfigurationError, match="is closed"):
         await producer.send_many([{"a": 1}])
+
+
+# -- the policy's order of hooks, on a recording Incoming --------------------------------
+
+
+class _Recorded(Incoming):
+    """An Incoming that records the policy's calls; `fail` names targets whose copy fails."""
+
+    def __init__(self, meta: Metadata, fail: set[str], calls: list[str]) -> None:
+        super().__init__(b'{"x": 1}', meta)
+        self.fail = fail
+        self.calls = calls
+
+    async def publish(self, target: str, meta: Metadata, delay: float) -> None:
+        self.calls.append(f"publish {target} attempt={meta.attempt}")
+        if target in self.fail:
+            raise RuntimeError(f"the broker refused the copy to {target}")
+
+    async def settle(self) -> None:
+        self.calls.append("settle")
+
+    async def requeue(self) -> None:
+        self.calls.append("requeue")
+
+
+class _PolicyOnly(QueuedConsumer[Any]):
+    """The core policy with no transport under it: messages are fed with `_accept`."""
+
+    transport = "test"
+    capabilities = MemoryConsumer.capabilities
+
+    async def _open(self) -> None:
+        pass
+
+    async def _start(self) -> None:
+        pass
+
+    async def _stop_intake(self) -> None:
+        pass
+
+    async def _close(self) -> None:
+        pass
+
+
+def _policy(handler_fails: bool, **settings: Any) -> _PolicyOnly:
+    consumer = _PolicyOnly(Queue("orders", Point), retry_delay=0.0, **settings)
+
+    @consumer()
+    async def handle(msg: Point) -> None:
+        if handler_fails:
+            raise ValueError("handler fails")
+
+    return consumer
+
+
+async def _feed(consumer: _PolicyOnly, incoming: Incoming) -> None:
+    await consumer._accept(incoming)
+
+
+async def test_the_original_is_settled_only_after_its_copy_is_confirmed() -> None:
+    calls: list[str] = []
+    consumer = _policy(True, max_retries=2)
+    meta = new_metadata("Point", "//test")
+    await _feed(consumer, _Recorded(meta, {"orders"}, calls))
+    # The retry copy failed: the original is requeued, never settled.
+    assert calls == ["publish orders attempt=2", "requeue"]
+    calls.clear()
+    await _feed(consumer, _Recorded(meta, set(), calls))
+    assert calls == ["publish orders attempt=2", "settle"]
+
+
+async def test_internal_failures_end_in_the_dead_letter_queue_not_a_loop() -> None:
+    calls: list[str] = []
+    consumer = _policy(True, max_retries=2)
+    meta = new_metadata("Point", "//test")
+    for _ in range(3):  # the same message, redelivered after each requeue
+        await _feed(consumer, _Recorded(meta, {"orders"}, calls))
+    assert calls == [
+        "publish orders attempt=2",
+        "requeue",
+        "publish orders attempt=2",
+        "requeue",
+        "publish orders attempt=2",
+        "publish orders.dlq attempt=1",
+        "settle",
+    ]
+
+
+async def test_a_foreign_attempt_count_is_clamped() -> None:
+    calls: list[str] = []
+    consumer = _policy(True, max_retries=2)
+    meta = msgspec.structs.replace(new_metadata("Point", "//test"), attempt=10**12)
+    incoming = _Recorded(meta, set(), calls)
+    await _feed(consumer, incoming)
+    assert calls == ["publish orders.dlq attempt=1", "settle"]
+    assert incoming.meta.attempt == 3  # max_retries + 1: dead-lettered, with x-attempts 3
+
+
+async def test_a_message_over_max_message_size_is_dead_lettered_undecoded() -> None:
+    calls: list[str] = []
+    consumer = _policy(False, max_message_size=4)
+    await _feed(consumer, _Recorded(new_metadata("Point", "//test"), set(), calls))
+    assert calls == ["publish orders.dlq attempt=1", "settle"]
+
+
+def test_message_ids_are_unguessable_and_unique() -> None:
+    ids = [new_metadata("T", "//s").id for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # No shared prefix or counter: neighbours agree on about 1 of 16 hex digits by chance.
+    same = sum(a[k] == b[k] for a, b in itertools.pairwise(ids) for k in range(32))
+    assert same < 2000 * 32 / 16 * 1.5

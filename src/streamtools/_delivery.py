@@ -21,7 +21,10 @@ settle, requeue, reply. Everything else is decided here, the same for every tran
   never loses; when the delivery itself is gone (its channel closed) the policy stops, as
   the broker redelivers it anyway;
 - a failure of streamtools itself (a bug, a broker refusing the copy): the message is
-  requeued after `retry_delay`, never dropped;
+  requeued after `retry_delay`, never dropped, and after 3 such failures dead-lettered with
+  reason `internal`, never redelivered without end;
+- a body over `max_message_size` is dead-lettered (`invalid`) without being decoded, and a
+  foreign attempt header past `max_retries + 1` is clamped to it;
 - shutdown: in-flight deliveries are tracked; when `shutdown_timeout` passes they are
   cancelled and left unsettled (`Incoming.abandon`), so the broker redelivers them.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -45,6 +49,7 @@ from streamtools._settings import integer, retry_delays
 from streamtools._types import Queue, T
 from streamtools.errors import (
     CodecError,
+    DecodeError,
     HandlerError,
     PublishError,
     StreamtoolsError,
@@ -65,6 +70,8 @@ logger.addHandler(logging.NullHandler())
 
 DEAD_LETTER_SUFFIX: Final = ".dlq"
 _MAX_ERROR_MESSAGE: Final = 1000
+_MAX_INTERNAL_FAILURES: Final = 3
+_REMEMBERED_FAILURES: Final = 10_000
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -148,12 +155,17 @@ class QueuedConsumer(Consumer[T]):
         max_retries: int = 3,
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
+        max_message_size: int = 1024 * 1024,
         shutdown_timeout: float = 30.0,
     ) -> None:
         super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
         owner = type(self).__name__
         self.max_retries = integer(owner, "max_retries", max_retries, minimum=0)
         self.retry_delay, self.max_retry_delay = retry_delays(owner, retry_delay, max_retry_delay)
+        self.max_message_size = integer(owner, "max_message_size", max_message_size, minimum=1)
+        # Internal failures per message id (bounded): a message that keeps failing in
+        # streamtools itself is dead-lettered (`internal`) instead of requeued without end.
+        self._internal_failures: collections.OrderedDict[str, int] = collections.OrderedDict()
         name = self.queue.name
         self.dead_letter_queue = dead_letter_queue(name)
         self.is_dead_letter_queue = self.dead_letter_queue == name
@@ -191,8 +203,18 @@ class QueuedConsumer(Consumer[T]):
 
     async def _deliver(self, route: Route[T], incoming: Incoming) -> None:
         meta = incoming.meta
+        if meta.attempt > self.max_retries + 1:
+            # A foreign attempt header is clamped, not trusted: it cannot skip the retries
+            # of a message it never had (nor make the handler see a count beyond them).
+            meta = incoming.meta = msgspec.structs.replace(meta, attempt=self.max_retries + 1)
         try:
             try:
+                size = len(incoming.body)
+                if size > self.max_message_size:
+                    raise DecodeError(
+                        f"the message is {size} bytes, over max_message_size "
+                        f"({self.max_message_size}); it was not decoded"
+                    )
                 reply = await self._process(route, incoming.body, meta)
             except CodecError as exc:
                 await self._failed(incoming, exc, invalid=True)
@@ -210,15 +232,52 @@ class QueuedConsumer(Consumer[T]):
                 "connection lost mid-delivery; the broker redelivers the message",
                 extra=self._log_extra(meta),
             )
-        except Exception:
-            # A failure of ours (e.g. a copy the broker refused): requeue after a pause rather
-            # than lose the message or spin on it.
-            logger.exception("delivery failed; requeueing", extra=self._log_extra(meta))
-            await asyncio.sleep(self.retry_delay)
-            with contextlib.suppress(Exception):
-                await incoming.requeue()
+        except Exception as exc:
+            await self._internal_failure(incoming, exc)
+        else:
+            self._internal_failures.pop(meta.id, None)
         finally:
             self._delivery_done()
+
+    async def _internal_failure(self, incoming: Incoming, error: Exception) -> None:
+        """A failure of ours (e.g. a copy the broker refused): never lose, never loop.
+
+        The message is requeued after `retry_delay`; after `_MAX_INTERNAL_FAILURES` of them
+        it is dead-lettered with reason `internal` (requeued again if even that fails).
+        """
+        meta = incoming.meta
+        failures = self._internal_failures
+        count = failures.pop(meta.id, 0) + 1
+        failures[meta.id] = count
+        while len(failures) > _REMEMBERED_FAILURES:
+            failures.popitem(last=False)
+        if count >= _MAX_INTERNAL_FAILURES:
+            logger.error(
+                "delivery failed %d times; dead-lettering the message (internal)",
+                count,
+                exc_info=error,
+                extra=self._log_extra(meta),
+            )
+            try:
+                await self._dead_letter(incoming, error, "internal")
+                await incoming.settle()
+            except Exception:
+                logger.exception(
+                    "dead-lettering failed too; requeueing", extra=self._log_extra(meta)
+                )
+            else:
+                failures.pop(meta.id, None)
+                return
+        else:
+            logger.exception(
+                "delivery failed (%d of %d); requeueing",
+                count,
+                _MAX_INTERNAL_FAILURES,
+                extra=self._log_extra(meta),
+            )
+        await asyncio.sleep(self.retry_delay)
+        with contextlib.suppress(Exception):
+            await incoming.requeue()
 
     async def _failed(
         self, incoming: Incoming, error: CodecError | HandlerError, *, invalid: bool

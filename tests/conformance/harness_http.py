@@ -27,7 +27,8 @@ async def _send_foreign(consumer: Consumer[Any], body: bytes, headers: dict[str,
         session.post(
             consumer.url,  # type: ignore[attr-defined]
             data=body,
-            headers={k: str(v) for k, v in headers.items()},
+            # A plain JSON client (aiohttp would send application/octet-stream for bytes).
+            headers={"Content-Type": "application/json", **{k: str(v) for k, v in headers.items()}},
         ) as response,
     ):
         await response.read()

@@ -79,8 +79,15 @@ def collecting_consumer(
     harness: Harness, queue: Queue[ConfMessage]
 ) -> tuple[Consumer[ConfMessage], Collector]:
     """A consumer (not started) whose handler records every message in the Collector."""
+    return collecting_consumer_with(harness, queue)
+
+
+def collecting_consumer_with(
+    harness: Harness, queue: Queue[ConfMessage], **settings: object
+) -> tuple[Consumer[ConfMessage], Collector]:
+    """`collecting_consumer` with settings of the transport's consumer."""
     got = Collector()
-    consumer = harness.consumer(queue)
+    consumer = harness.consumer(queue, **settings)
 
     @consumer()
     async def handle(msg: ConfMessage) -> None:
@@ -632,3 +639,73 @@ async def test_foreign_message_with_missing_or_odd_headers_is_handled(harness: H
     assert strange.id == "12345"
     assert strange.type == "Foreign"
     assert strange.attempt == 1
+
+
+async def test_deeply_nested_json_is_rejected_and_the_consumer_goes_on(harness: Harness) -> None:
+    """JSON nested past the recursion limit is malformed input, not an internal failure to
+    requeue forever (nor a 500)."""
+    if harness.send_foreign is None:
+        pytest.skip("nothing but streamtools sends on this transport")
+    name = unique_name("st-conf-deep")
+    got = Collector()
+    consumer = harness.consumer(Queue(name, object))
+
+    @consumer()
+    async def handle(msg: object) -> None:
+        got.add(msg)
+
+    await consumer.start()
+    try:
+        await harness.send_foreign(consumer, b"[" * 3000 + b"]" * 3000, {})
+        await harness.send_foreign(consumer, b'{"after": true}', {})
+        await got.wait_for(lambda: len(got.messages) == 1, "the message after the deep one")
+    finally:
+        await consumer.close()
+    # The deep one never reached the handler (a dead-letter on queued transports, 400 over
+    # HTTP); no JSON type decodes it, so it is not read back here.
+    assert [m for m, _ in got.messages] == [{"after": True}]
+
+
+async def test_a_foreign_attempt_header_cannot_skip_the_retries(harness: Harness) -> None:
+    if harness.send_foreign is None or not harness.capabilities.dead_letter:
+        pytest.skip("needs foreign senders and a dead-letter queue")
+    queue = new_queue()
+    seen: list[int] = []
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        seen.append(current_metadata().attempt)
+        raise RuntimeError("always fails")
+
+    await consumer.start()
+    try:
+        body = msgspec.json.encode(make_message(1))
+        await harness.send_foreign(consumer, body, {"x-streamtools-attempt": str(10**12)})
+        [(_, meta)] = await read_dead_letters(harness, queue, ConfMessage, 1)
+    finally:
+        await consumer.close()
+    # Clamped to max_retries + 1 (3 in the harness): the handler saw 3, not 10**12.
+    assert seen == [3]
+    assert meta.headers["x-attempts"] == "3"
+    assert meta.headers["x-death-reason"] == "max-retries"
+
+
+async def test_a_message_over_max_message_size_is_dead_lettered_unread(harness: Harness) -> None:
+    if not harness.capabilities.dead_letter:
+        pytest.skip("transport has no dead-letter queue (HTTP: max_body_size, 413)")
+    queue = new_queue()
+    consumer, got = collecting_consumer_with(harness, queue, max_message_size=300)
+    await consumer.start()
+    try:
+        async with harness.producer(queue) as producer:
+            big = await producer.send(make_message(1, tag="x" * 400))
+            await producer.send(make_message(2))
+        await got.wait_for(lambda: got.seqs == {2}, "the small message")
+        [(msg, meta)] = await read_dead_letters(harness, queue, ConfMessage, 1)
+    finally:
+        await consumer.close()
+    assert meta.id == big
+    assert msg.seq == 1
+    assert meta.headers["x-death-reason"] == "invalid"
+    assert "over max_message_size (300)" in meta.headers["x-error-message"]

@@ -789,15 +789,11 @@ async def test_producers_and_consumers_of_a_process_share_one_connection(
     assert shared.is_closed  # the last one closed it
 
 
-async def test_original_is_kept_until_its_retry_copy_is_confirmed(
+async def test_a_retry_queue_deleted_under_the_consumer_is_declared_again(
     rabbitmq_url: str, queue: str, raw: aio_pika.abc.AbstractChannel
 ) -> None:
-    """Deterministic: the retry queue is gone, so the broker returns the copy (unroutable).
-
-    Had the original been acked before its copy was confirmed, the message would be lost
-    here; instead the delivery fails, is requeued unchanged, and its next delivery (attempt
-    1 again, not a retry copy's 2) is handled.
-    """
+    """The retry copy comes back unroutable: the consumer declares its topology again and
+    retries through it, instead of requeueing and re-running the handler without end."""
     calls: list[int] = []
     consumer = RabbitMQConsumer(
         Queue(queue, Order), url=rabbitmq_url, max_retries=1, retry_delay=0.05
@@ -815,7 +811,18 @@ async def test_original_is_kept_until_its_retry_copy_is_confirmed(
     try:
         async with RabbitMQProducer(Queue(queue, Order), url=rabbitmq_url) as producer:
             await producer.send(order(1))
-        await wait_until(lambda: len(calls) >= 2, "the requeued original")
+        await wait_until(lambda: len(calls) >= 2, "the retried message")
     finally:
         await consumer.close()
-    assert calls == [1, 1]
+    assert calls == [1, 2]  # a retry copy (attempt 2), not the requeued original again
+    await raw.declare_queue(f"{queue}.retry.1", passive=True)  # it exists again
+
+
+async def test_a_queue_locked_by_another_connection_is_a_configuration_error(
+    rabbitmq_url: str, queue: str, raw: aio_pika.abc.AbstractChannel
+) -> None:
+    await raw.declare_queue(queue, exclusive=True)
+    consumer = RabbitMQConsumer(Queue(queue, Order), url=rabbitmq_url, queue_type="classic")
+    with pytest.raises(ConfigurationError, match="locked") as info:
+        await consumer.a_init()
+    assert "retrying will not help" in str(info.value)

@@ -540,6 +540,7 @@ class KafkaConsumer(QueuedConsumer[T]):
         max_retries: int = 3,
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
+        max_message_size: int = 1024 * 1024,
         shutdown_timeout: float = 30.0,
         session_timeout: float = 10.0,
         idempotence: bool | None = None,
@@ -552,6 +553,7 @@ class KafkaConsumer(QueuedConsumer[T]):
             max_retries=max_retries,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
+            max_message_size=max_message_size,
             shutdown_timeout=shutdown_timeout,
         )
         owner = type(self).__name__

@@ -202,6 +202,7 @@ class MemoryConsumer(QueuedConsumer[T]):
         max_retries: int = 3,
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
+        max_message_size: int = 1024 * 1024,
         shutdown_timeout: float = 30.0,
         broker: MemoryBroker | None = None,
     ) -> None:
@@ -211,6 +212,7 @@ class MemoryConsumer(QueuedConsumer[T]):
             max_retries=max_retries,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
+            max_message_size=max_message_size,
             shutdown_timeout=shutdown_timeout,
         )
         self.max_in_flight = integer(type(self).__name__, "max_in_flight", max_in_flight, minimum=1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
@@ -212,6 +213,12 @@ def _translate(exc: BaseException, settings: _Settings, what: str) -> Streamtool
             "Pass the matching queue_type= (quorum or classic), or drain and delete the "
             "existing queue so streamtools can declare it"
         )
+    if isinstance(exc, aiormq.exceptions.ChannelLockedResource):
+        return ConfigurationError(
+            f"{what}: {where} says the queue is locked: {_reply_text(exc)}. Another "
+            "connection holds it exclusively; stop that client or use another queue name "
+            "(retrying will not help)"
+        )
     if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
         return ConfigurationError(
             f"{what}: {where} refused access: {_reply_text(exc)}; check the user's "
@@ -265,6 +272,7 @@ def _transient(exc: BaseException) -> bool:
         aiormq.exceptions.PublishError
         | aiormq.exceptions.ChannelPreconditionFailed
         | aiormq.exceptions.ChannelAccessRefused
+        | aiormq.exceptions.ChannelLockedResource
         | aiormq.exceptions.ChannelNotFoundEntity,
     ):
         return False
@@ -690,14 +698,37 @@ class _Incoming(Incoming):
             else:
                 await asyncio.sleep(delay)  # no delay queue here: hold the delivery meanwhile
         # Confirmed before the original is settled.
-        await consumer._link.publish(
-            self.body,
-            _properties(meta, expiration=expiration),
-            target,
-            timeout=_REPUBLISH_TIMEOUT,
-            what=f"copy of message {meta.id} to {target!r}",
-            delivery=self.message,
-        )
+        properties = _properties(meta, expiration=expiration)
+        what = f"copy of message {meta.id} to {target!r}"
+        link = consumer._link
+        try:
+            await link.publish(
+                self.body,
+                properties,
+                target,
+                timeout=_REPUBLISH_TIMEOUT,
+                what=what,
+                delivery=self.message,
+            )
+        except PublishError as exc:
+            if not isinstance(exc.__cause__, aiormq.exceptions.PublishError):
+                raise
+            # Unroutable: the retry or dead-letter queue was deleted under us. Declare the
+            # topology again (idempotent, same arguments) and publish once more.
+            logger.warning(
+                "%s is gone; declaring it again",
+                target,
+                extra={"queue": consumer.queue.name, "message_id": meta.id},
+            )
+            await link.declare(consumer._topology())
+            await link.publish(
+                self.body,
+                properties,
+                target,
+                timeout=_REPUBLISH_TIMEOUT,
+                what=what,
+                delivery=self.message,
+            )
 
     async def settle(self) -> None:
         tag = self.message.delivery_tag
@@ -768,6 +799,7 @@ class RabbitMQConsumer(QueuedConsumer[T]):
         max_retries: int = 3,
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
+        max_message_size: int = 1024 * 1024,
         shutdown_timeout: float = 30.0,
         queue_type: QueueType = "quorum",
     ) -> None:
@@ -777,6 +809,7 @@ class RabbitMQConsumer(QueuedConsumer[T]):
             max_retries=max_retries,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
+            max_message_size=max_message_size,
             shutdown_timeout=shutdown_timeout,
         )
         self._settings = _settings(type(self).__name__, url, ssl, connect_timeout, queue_type)
@@ -804,7 +837,7 @@ class RabbitMQConsumer(QueuedConsumer[T]):
         link = self._link
         await link.open()
         try:
-            topology = _topology(self.queue.name, self._settings.queue_type, self.retry_stages)
+            topology = self._topology()
             await link.declare(topology)
             assert link.connection is not None
             with _map_errors(self._settings, f"opening consumer on {self.queue.name!r}"):
@@ -836,6 +869,9 @@ class RabbitMQConsumer(QueuedConsumer[T]):
         meta = self._metadata(message)
         self._accept(_Incoming(self, message, meta, self._window_of(message)))
 
+    def _topology(self) -> list[tuple[str, dict[str, object]]]:
+        return _topology(self.queue.name, self._settings.queue_type, self.retry_stages)
+
     def _window_of(self, message: aio_pika.abc.AbstractIncomingMessage) -> SettleWindow | None:
         """The settle window of the delivery's channel (a new one after a reconnect)."""
         tag = message.delivery_tag
@@ -864,7 +900,9 @@ class RabbitMQConsumer(QueuedConsumer[T]):
             message.headers or {},
             default_type=self._default_type,
             ct=content_type(message.content_type),
-            id=message.message_id,
+            # Without an id, the body's digest: the same on every redelivery, so that the
+            # policy can count the message's failures.
+            id=message.message_id or hashlib.blake2b(message.body, digest_size=16).hexdigest(),
             type=message.type,
             source=message.app_id or "",
             time=stamp.isoformat().replace("+00:00", "Z") if stamp is not None else None,
