@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SRC := src tests examples benchmarks scripts
 PYTEST_ARGS ?=
 
-.PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick dist compat clean
+.PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick dist compat mutate clean
 
 all: check
 
@@ -56,6 +56,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
+
+# hand-made mutants of the core and the transports; every one must be caught (scripts/mutate.py)
+mutate: $(STAMP)
+	$(BIN)/python scripts/mutate.py
 
 # sdist + wheel into dist/ (hatchling writes nothing else), then checked by scripts/check_dist.py
 dist: $(STAMP)
