@@ -435,8 +435,9 @@ async def test_sasl_password_never_in_repr_or_errors(kafka_bootstrap: str) -> No
 
 async def test_unreachable_broker_fails_after_the_timeout_never_silently() -> None:
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    producer = KafkaProducer("st-kafka-unreachable", message_type=Order, bootstrap_servers=dead)
-    producer.connect_timeout = 2.0
+    producer = KafkaProducer(
+        "st-kafka-unreachable", message_type=Order, bootstrap_servers=dead, connect_timeout=2
+    )
     with pytest.raises((ConnectError, PublishError)) as caught:
         await producer.send(Order(seq=1))
     await producer.close()

@@ -65,18 +65,31 @@ def figures(ledger: Ledger, label: str, *also_handled: list[str]) -> str:
     """sent / acknowledged / handled / lost / duplicates, counting every handler run."""
     runs = [*ledger.handled, *(ident for more in also_handled for ident in more)]
     distinct = set(runs)
+    # A send that raised PublishError may still have been stored ("may or may not"): counted.
+    unacknowledged = len(distinct - set(ledger.confirmed))
     return (
         f"{label}: sent {len(ledger.confirmed) + ledger.not_confirmed}, "
         f"acknowledged {len(ledger.confirmed)}, not acknowledged {ledger.not_confirmed}, "
-        f"handled {len(distinct)}, duplicates {len(runs) - len(distinct)}, "
-        f"lost {len(ledger.lost(*also_handled))}"
+        f"handled {len(distinct)} (of which unacknowledged sends {unacknowledged}), "
+        f"duplicates {len(runs) - len(distinct)}, lost {len(ledger.lost(*also_handled))}"
     )
 
 
 def kafka_consumer(
-    topic: str, servers: str, ledger: Ledger, *, group: str | None = None, **settings: Any
+    topic: str,
+    servers: str,
+    ledger: Ledger,
+    *,
+    group: str | None = None,
+    fail_first: bool = False,
+    **settings: Any,
 ) -> Consumer[Tick]:
-    """A consumer that records the id of every message its handler finished."""
+    """A consumer that records the id of every message its handler finished.
+
+    With `fail_first`, the handler raises the first time it sees each id, so every message
+    also goes through the retry path (a copy produced to the topic's tail after the backoff).
+    """
+    failed_once: set[str] = set()
     consumer = CONSUMER_LOOPS[KAFKA](
         Queue(topic, Tick),
         bootstrap_servers=servers,
@@ -86,7 +99,11 @@ def kafka_consumer(
 
     @consumer()
     async def handle(msg: Tick) -> None:
-        ledger.handle(current_metadata().id)
+        ident = current_metadata().id
+        if fail_first and ident not in failed_once:
+            failed_once.add(ident)
+            raise RuntimeError(f"first attempt at {ident} fails")
+        ledger.handle(ident)
 
     return consumer
 
@@ -217,8 +234,9 @@ async def test_sigkilled_consumer_then_another_member_finishes_with_nothing_lost
 # --- 2. connections cut through a proxy mid-stream --------------------------------------------
 
 
+@pytest.mark.parametrize("fail_first", [False, True], ids=["handler-ok", "handler-fails-once"])
 async def test_cut_connections_lose_nothing_acknowledged(
-    proxied_broker: tuple[TcpProxy, TansuBroker],
+    proxied_broker: tuple[TcpProxy, TansuBroker], fail_first: bool
 ) -> None:
     proxy, broker = proxied_broker
     ledger = Ledger()
@@ -226,7 +244,7 @@ async def test_cut_connections_lose_nothing_acknowledged(
     impatient_error: list[BaseException] = []
     topic = unique_name("st-kafka-cut")
     servers = broker.bootstrap_servers
-    consumer = kafka_consumer(topic, servers, ledger)
+    consumer = kafka_consumer(topic, servers, ledger, fail_first=fail_first)
     producer = kafka_producer(topic, servers)
     # Its send while the broker is unreachable must fail with PublishError after 2 s.
     impatient = kafka_producer(topic, servers, send_timeout=2)
@@ -248,8 +266,9 @@ async def test_cut_connections_lose_nothing_acknowledged(
                     proxy.pause()
                     cuts.append(proxy.cut_all())
                     try:
-                        await impatient.send(Tick(seq=-1))
+                        ledger.confirm(await impatient.send(Tick(seq=-1)))
                     except PublishError as exc:
+                        ledger.not_confirmed += 1
                         impatient_error.append(exc)
                     await asyncio.sleep(0.5)
                     proxy.resume()
@@ -267,8 +286,9 @@ async def test_cut_connections_lose_nothing_acknowledged(
         await impatient.close()
         await producer.close()
         await consumer.close()
+    label = f"cut connections ({'handler fails once' if fail_first else 'handler ok'})"
     summary = (
-        f"{figures(ledger, 'cut connections')}; connections cut per cut: {cuts}; "
+        f"{figures(ledger, label)}; connections cut per cut: {cuts}; "
         f"refused while paused: {proxy.refused}; accepted: {proxy.accepted}"
     )
     print(f"\n{summary}")
