@@ -47,9 +47,7 @@ MUTANTS = (
         "            try:\n                reply = await self._process(route, incoming.body, meta)",
         "            await incoming.settle()\n"
         "            try:\n                reply = await self._process(route, incoming.body, meta)",
-        (
-            "tests/transports/test_rabbitmq.py::test_original_is_kept_until_its_retry_copy_is_confirmed",
-        ),
+        ("tests/test_delivery.py::test_the_original_is_settled_only_after_its_copy_is_confirmed",),
     ),
     Mutant(
         "every message is delivered twice",
