@@ -44,9 +44,9 @@ MUTANTS = (
     Mutant(
         "the original is acked before its retry copy is confirmed",
         "src/streamtools/_delivery.py",
-        "            try:\n                reply = await self._process(route, incoming.body, meta)",
-        "            await incoming.settle()\n"
-        "            try:\n                reply = await self._process(route, incoming.body, meta)",
+        "                reply = await self._process(route, incoming.body, meta)",
+        "                await incoming.settle()\n"
+        "                reply = await self._process(route, incoming.body, meta)",
         ("tests/test_delivery.py::test_the_original_is_settled_only_after_its_copy_is_confirmed",),
     ),
     Mutant(
