@@ -183,7 +183,11 @@ async def test_many_producers_and_consumers_lose_nothing(harness: Harness) -> No
         await got.wait_for(lambda: len(got.seqs) == 400, "400 messages")
     finally:
         await asyncio.gather(*(c.close() for c in consumers))
-    assert sorted(m.seq for m, _ in got.messages) == list(range(400))
+    assert got.seqs == set(range(400))
+    # Competing consumers joining may move work between them (a Kafka rebalance), and
+    # at-least-once allows a redelivery then; delivering everything twice it does not.
+    duplicates = len(got.messages) - 400
+    assert duplicates < 40, f"{duplicates} duplicates of 400"
 
 
 async def test_failing_handler_is_retried_and_message_arrives(harness: Harness) -> None:

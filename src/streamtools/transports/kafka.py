@@ -384,6 +384,7 @@ class KafkaProducer(Producer[T]):
         if idempotence is not None and not isinstance(idempotence, bool):
             raise ConfigurationError(f"{owner}: idempotence must be True, False or None")
         self._client = _Client(self._settings, idempotence, f"producer {self.queue.name}")
+        self._constant: dict[tuple[str, str, str], list[tuple[str, bytes]]] = {}
 
     def __repr__(self) -> str:
         return f"KafkaProducer({self.queue.name!r}, {self._settings.where})"
@@ -421,12 +422,24 @@ class KafkaProducer(Producer[T]):
             )
         return (key.encode() if isinstance(key, str) else key), dict(headers)
 
+    def _wire_headers(self, meta: Metadata, extra: Mapping[str, str]) -> list[tuple[str, bytes]]:
+        # The producer's constant headers are encoded once; only id and time per message.
+        cache_key = (meta.type, meta.source, meta.content_type)
+        constant = self._constant.get(cache_key)
+        if constant is None:
+            built = BINDING.constant(meta.type, meta.source, meta.content_type)
+            constant = self._constant[cache_key] = [(k, v.encode()) for k, v in built.items()]
+        headers = [(BINDING.id, meta.id.encode()), (BINDING.time, meta.time.encode()), *constant]
+        if extra:
+            headers.extend((k, v.encode()) for k, v in extra.items())
+        return headers
+
     async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
         key, extra = self._options(options)
         await self._client.publish(
             self.queue.name,
             body,
-            _headers(meta, extra),
+            self._wire_headers(meta, extra),
             key,
             timeout=self.send_timeout,
             what=f"message {meta.id} to topic {self.queue.name!r}",
@@ -439,11 +452,12 @@ class KafkaProducer(Producer[T]):
 class _Partition:
     """One assigned partition: its settle window (offsets) and the deliveries running on it."""
 
-    __slots__ = ("running", "window")
+    __slots__ = ("last", "running", "window")
 
     def __init__(self, window: SettleWindow) -> None:
         self.window = window
         self.running: set[asyncio.Task[None]] = set()
+        self.last = -1  # the last offset received: the window takes increasing ones only
 
 
 class _Incoming(Incoming):
@@ -662,10 +676,17 @@ class KafkaConsumer(QueuedConsumer[T]):
                 await asyncio.sleep(0.5)
                 continue
             for tp, records in batches.items():
+                # The partition as it was when these records were fetched: if a rebalance
+                # takes it away (or gives it back anew) while they wait for a slot, they are
+                # dropped; whoever owns it now fetches them again from the committed offset.
+                partition = self._partitions.get(tp)
                 for record in records:
                     await slots.acquire()
-                    partition = self._partitions.get(tp)
-                    if partition is None:  # revoked meanwhile: the new owner gets it
+                    if (
+                        partition is None
+                        or self._partitions.get(tp) is not partition
+                        or record.offset <= partition.last
+                    ):
                         slots.release()
                         continue
                     self._take(tp, partition, record)
@@ -679,6 +700,7 @@ class KafkaConsumer(QueuedConsumer[T]):
             time=_record_time(record.timestamp),
         )
         partition.window.received(record.offset)
+        partition.last = record.offset
         key: bytes | None = record.key
         incoming = _Incoming(self, tp, partition, record.offset, key, record.value or b"", meta)
         after = self._key_tails.get(key) if key is not None else None
