@@ -9,6 +9,7 @@ port share. Bad input gets a JSON error body `{"error": ..., "detail": ...}` and
     400 malformed body or query     413 body over `max_body_size`   404 unknown queue
     422 schema violation (+ path)   415 unsupported content type    405 wrong method
     401 missing or wrong token      500 the handler raised          503 shutting down
+    408 headers or body too slow    (or encoding)                       or overloaded
 
 A handler's returned Struct is the 200 body (in the request's content type), else 204.
 A request whose (`ce-source`, `ce-id`) was handled recently is answered as before without
@@ -16,8 +17,9 @@ running the handler again, so producer retries are safe.
 
 Modules, by job: `_producer` (requests and retries), `_consumer` (one queue's route:
 checks, decode, handler, status), `_server` (the shared server and its dispatch),
-`_negotiation` (content types, Accept, GET query <-> message), `_body` (reading within the
-size limit), `_dedup` (the answers to recent messages), `_presets` (send-side wire
+`_connection` (one client connection: timeouts, parser errors, limits, graceful stop),
+`_negotiation` (content types, Accept, GET query <-> message), `_body` (reading and
+inflating within the size limit), `_dedup` (the answers to recent messages), `_presets` (send-side wire
 formats), `_outcome` (answers), `_config` (settings and the environment).
 """
 

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import re
+import resource
 import ssl as ssl_module
 from typing import Final
 
@@ -25,12 +26,14 @@ from streamtools.errors import (
     ValidationError,
 )
 from streamtools.transports.http import _config
-from streamtools.transports.http._body import read_body
+from streamtools.transports.http._body import encoding, read_body
+from streamtools.transports.http._connection import Connection, Limits
 from streamtools.transports.http._dedup import Dedup, Key
 from streamtools.transports.http._negotiation import accepted, body_type, converter
 from streamtools.transports.http._outcome import (
     DUPLICATE,
     NO_CONTENT,
+    RETRY_LATER,
     UNAVAILABLE,
     Outcome,
     error,
@@ -42,6 +45,20 @@ from streamtools.transports.http._server import HEALTH_PATH, SharedServer
 logger = logging.getLogger("streamtools.http")
 
 _CE_ID_RE: Final = re.compile(r"[!-~]{1,256}")
+# After a shutdown timeout, how long cancelled handlers get to end before the server answers
+# their requests 503 itself (shorter than the core's grace: no message is lost by HTTP).
+_ABORT_GRACE: Final = 0.5
+_CLOSING: Final = {**RETRY_LATER, "Connection": "close"}
+
+
+def _default_max_connections() -> int:
+    # Half the descriptors the process may open, at most 1024: the rest stays for the
+    # process's other connections, and accept() does not run out of descriptors.
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):  # pragma: no cover - POSIX always answers
+        return 1024
+    return 1024 if soft == resource.RLIM_INFINITY else max(1, min(1024, soft // 2))
 
 
 class HTTPConsumer(Consumer[T]):
@@ -60,8 +77,18 @@ class HTTPConsumer(Consumer[T]):
     kept (at most `dedup_window` of them and `dedup_max_bytes` of reply bodies and keys),
     so a retried request is answered as before without running the handler again
     (`dedup_window=0` turns this off). `lingering_time` bounds how long aiohttp reads and
-    drops the rest of a refused upload so that the client sees the error; `close()` ends
-    such reads at once. A shared server takes `ssl`, `lingering_time` and
+    drops the rest of a refused upload (undecoded) so that the client sees the error;
+    `close()` ends such reads at once.
+
+    Limits per client: at most `max_in_flight` requests are handled at once (beyond, 503
+    with `Retry-After`; a handler whose client left still counts until it ends); a
+    request's headers must arrive within `header_timeout` seconds of its first byte (and a
+    new connection's first request within it of connecting), its body within
+    `body_timeout` (else 408); an idle keep-alive connection closes after
+    `keepalive_timeout`; connections past `max_connections` (default: half the process's
+    descriptor limit, at most 1024) are answered 503 and closed at once. With a token,
+    `GET /healthz` answers a client without it the status only. A shared server takes
+    `ssl`, `lingering_time`, the timeouts but `body_timeout`, `max_connections` and
     `shutdown_timeout` from the consumer that starts it.
     """
 
@@ -89,6 +116,11 @@ class HTTPConsumer(Consumer[T]):
         dedup_window: int = 10_000,
         dedup_max_bytes: int = 16 * 1024 * 1024,
         lingering_time: float = 2.0,
+        max_in_flight: int = 256,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        keepalive_timeout: float = 75.0,
+        max_connections: int | None = None,
         shutdown_timeout: float = 30.0,
     ) -> None:
         super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
@@ -106,6 +138,20 @@ class HTTPConsumer(Consumer[T]):
         self.lingering_time = _settings.seconds(
             owner, "lingering_time", lingering_time, positive=True
         )
+        self.max_in_flight = _settings.integer(owner, "max_in_flight", max_in_flight, minimum=1)
+        self.header_timeout = _settings.seconds(
+            owner, "header_timeout", header_timeout, positive=True
+        )
+        self.body_timeout = _settings.seconds(owner, "body_timeout", body_timeout, positive=True)
+        self.keepalive_timeout = _settings.seconds(
+            owner, "keepalive_timeout", keepalive_timeout, positive=True
+        )
+        self.max_connections = _settings.integer(
+            owner,
+            "max_connections",
+            _default_max_connections() if max_connections is None else max_connections,
+            minimum=1,
+        )
         self._token = _config.env_token(owner, token)
         self._token_bytes = self._token.encode() if self._token is not None else b""
         self._dedup = Dedup(window, max_bytes) if window else None
@@ -115,6 +161,8 @@ class HTTPConsumer(Consumer[T]):
         self._server: SharedServer | None = None
         self._draining = False
         self._aborting = False
+        self._active = 0  # requests past the checks, until their handler ends
+        self._requests: dict[asyncio.Task[object], web.BaseRequest] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.queue.name!r}, {self.host}:{self.port})"
@@ -156,7 +204,13 @@ class HTTPConsumer(Consumer[T]):
         self.routes.append(route)
 
     async def _open(self) -> None:
-        self._server = SharedServer.acquire(self.host, self._port, self.ssl, self.lingering_time)
+        limits = Limits(
+            max_connections=self.max_connections,
+            header_timeout=self.header_timeout,
+            keepalive_timeout=self.keepalive_timeout,
+            lingering_time=self.lingering_time,
+        )
+        self._server = SharedServer.acquire(self.host, self._port, self.ssl, limits)
         for path, endpoint in self._mounts.items():
             self._server.routes.mount(path, endpoint)
 
@@ -171,7 +225,19 @@ class HTTPConsumer(Consumer[T]):
 
     async def _abort_inflight(self) -> None:
         self._aborting = True  # the cancelled requests answer 503 (see _serve)
-        await super()._abort_inflight()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_ABORT_GRACE)
+        for task in tasks:
+            # A handler that ignores its cancellation: answer its request 503 and close the
+            # connection without it, so close() is not held by it.
+            request = self._requests.get(task)
+            if not task.done() and request is not None:
+                protocol = request.protocol
+                if isinstance(protocol, Connection):
+                    protocol.abandon()
 
     async def _close(self) -> None:
         server, self._server = self._server, None
@@ -187,6 +253,23 @@ class HTTPConsumer(Consumer[T]):
         checked = self._check(request, method)
         if isinstance(checked, web.StreamResponse):
             return checked
+        if self._active >= self.max_in_flight:
+            return error(
+                503,
+                "overloaded",
+                f"{self.max_in_flight} requests are in flight on /{self.queue.name}; retry later",
+                RETRY_LATER,
+            )
+        self._active += 1
+        try:
+            return await self._serve_checked(request, method, checked)
+        finally:
+            self._active -= 1
+
+    async def _serve_checked(
+        self, request: web.BaseRequest, method: str, content_type: str
+    ) -> web.StreamResponse:
+        checked = content_type
         headers = request.headers
         meta = CE.read(
             headers,
@@ -203,6 +286,7 @@ class HTTPConsumer(Consumer[T]):
         task = asyncio.current_task()
         assert task is not None  # aiohttp runs each request in a task
         self._track(task)
+        self._requests[task] = request
         self._delivery_started()
         try:
             if dedup is None:
@@ -216,13 +300,14 @@ class HTTPConsumer(Consumer[T]):
             raise
         finally:
             self._tasks.discard(task)  # answered: a later abort must not cut the response
+            self._requests.pop(task, None)
             self._delivery_done()
 
     def _check(self, request: web.BaseRequest, method: str) -> str | web.StreamResponse:
         """The request's content type, or the refusal when it is not served (503, 401, 415,
         413 by its Content-Length, 400 for a bad `ce-id`)."""
         if self._draining:
-            return response(UNAVAILABLE, {"Retry-After": "1"})
+            return response(UNAVAILABLE, _CLOSING, close=True)
         headers = request.headers
         if self._token is not None and not self._authorized(headers.get("Authorization")):
             return error(
@@ -242,6 +327,13 @@ class HTTPConsumer(Consumer[T]):
                     f"use {' or '.join(CONTENT_TYPES)}",
                 )
             content_type = found
+            if encoding(headers.get("Content-Encoding")) is None:
+                return error(
+                    415,
+                    "unsupported_encoding",
+                    f"content encoding {headers.get('Content-Encoding')!r} is not supported; "
+                    "use gzip, deflate or none",
+                )
             length = request.content_length
             if length is not None and length > self.max_body_size:
                 return response(self._too_large())
@@ -288,7 +380,12 @@ class HTTPConsumer(Consumer[T]):
             body = (
                 converter(self.queue.message_type).to_json(request.query)
                 if method == "GET"
-                else await read_body(request, self.max_body_size)
+                else await read_body(
+                    request,
+                    self.max_body_size,
+                    encoding(request.headers.get("Content-Encoding")) or "identity",
+                    self.body_timeout,
+                )
             )
             if body is None:
                 return self._too_large(), False
@@ -297,6 +394,9 @@ class HTTPConsumer(Consumer[T]):
             return error_outcome(422, "validation", str(exc), path=exc.path), False
         except DecodeError as exc:
             return error_outcome(400, "malformed", str(exc)), False
+        except TimeoutError:
+            detail = f"the request body did not arrive within {self.body_timeout:g} s"
+            return error_outcome(408, "timeout", detail), False
         except HandlerError as exc:
             self._log_failure("handler failed on message %s", meta, method, exc.__cause__ or exc)
             detail = f"the handler failed on message {meta.id}; see the consumer's log"

@@ -32,6 +32,12 @@ from streamtools._codec import JSON
 from streamtools._health import Endpoint
 from streamtools._types import Queue
 from streamtools.errors import ConfigurationError
+from streamtools.transports.http._connection import (
+    Connection,
+    ConnectionServer,
+    Limits,
+    throttle_accept_errors,
+)
 from streamtools.transports.http._negotiation import json_encoder
 from streamtools.transports.http._outcome import error
 
@@ -49,6 +55,11 @@ class Servant(Protocol):
 
     @property
     def _draining(self) -> bool: ...
+
+    @property
+    def _token(self) -> str | None: ...
+
+    def _authorized(self, header: str | None) -> bool: ...
 
     async def _serve(self, request: web.BaseRequest, method: str) -> web.StreamResponse: ...
 
@@ -84,6 +95,8 @@ class Routes:
     def find(self, request: web.BaseRequest, stopping: bool) -> Servant | web.StreamResponse:
         """The consumer serving this request, or the answer when none does."""
         path, method = request.path, request.method
+        if path[:1] != "/":  # `OPTIONS *`, an authority-form target
+            return error(400, "malformed", f"the request target must be a path, not {path!r}")
         endpoint = self.mounts.get(path)
         if endpoint is not None or path == "/" + HEALTH_PATH:
             if method not in ("GET", "HEAD"):
@@ -91,9 +104,18 @@ class Routes:
             if stopping:
                 return error(503, "unavailable", "the server is shutting down")
             if endpoint is None:
-                return self._queues()
-            status, body, content_type = endpoint()
-            return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+                found = self._queues()
+            else:
+                status, body, content_type = endpoint()
+                found = web.Response(
+                    status=status, body=body, headers={"Content-Type": content_type}
+                )
+            if self._guarded(request):
+                # Behind a token, a client without it learns the status only, not the queues.
+                state = "ok" if found.status < 400 else "unavailable"
+                body = json_encoder.encode({"status": state})
+                return web.Response(status=found.status, body=body, headers={"Content-Type": JSON})
+            return found
         name = path[1:]
         methods = self.table.get(name)
         if methods is None:
@@ -111,6 +133,12 @@ class Routes:
             )
         return servant
 
+    def _guarded(self, request: web.BaseRequest) -> bool:
+        """Whether a consumer here requires a token and the request carries none of theirs."""
+        header = request.headers.get("Authorization")
+        guards = [s for m in self.table.values() for s in m.values() if s._token is not None]
+        return bool(guards) and not any(s._authorized(header) for s in guards)
+
     def _queues(self) -> web.StreamResponse:
         # /healthz of a server no runner mounted its own on: the queues still taking work.
         queues = sorted(
@@ -127,9 +155,9 @@ class Routes:
 class _Runner(web.ServerRunner):
     """A ServerRunner whose shutdown hook ends lingering reads of unread request bodies."""
 
-    def __init__(self, server: web.Server, unread: set[StreamReader], timeout: float) -> None:
+    def __init__(self, server: ConnectionServer, unread: set[StreamReader], timeout: float) -> None:
         # When it stops, the consumers have drained their handlers already: the timeout only
-        # bounds writing the last answers to slow clients.
+        # bounds writing the last answers to slow clients (ConnectionServer.shutdown).
         super().__init__(server, shutdown_timeout=timeout)
         self._unread = unread
 
@@ -160,7 +188,7 @@ class SharedServer:
     host: str
     port: int
     ssl: ssl_module.SSLContext | None
-    lingering_time: float
+    limits: Limits
     key: tuple[str, int] | None
     routes: Routes
     refs: int = 0
@@ -174,7 +202,7 @@ class SharedServer:
 
     @classmethod
     def acquire(
-        cls, host: str, port: int, ssl: ssl_module.SSLContext | None, lingering_time: float
+        cls, host: str, port: int, ssl: ssl_module.SSLContext | None, limits: Limits
     ) -> SharedServer:
         """The server on host:port of this loop, made if there is none (or it is stopping)."""
         per_loop = _servers.setdefault(asyncio.get_running_loop(), {})
@@ -189,7 +217,7 @@ class SharedServer:
             server = found
         else:
             key = (host, port) if port else None
-            server = cls(host, port, ssl, lingering_time, key, Routes(f"{host}:{port}"))
+            server = cls(host, port, ssl, limits, key, Routes(f"{host}:{port}"))
             if key is not None:
                 per_loop[key] = server
                 server._previous = found
@@ -210,7 +238,8 @@ class SharedServer:
             if previous is not None:
                 # The last server on this port is still stopping: let it free the port.
                 await previous._stopped.wait()
-            server = web.Server(self._handle, access_log=None, lingering_time=self.lingering_time)
+            throttle_accept_errors()
+            server = ConnectionServer(self._handle, self.limits)
             runner = _Runner(server, self._unread, shutdown_timeout)
             await runner.setup()
             site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl)
@@ -247,6 +276,7 @@ class SharedServer:
                         del per_loop[self.key]
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        found: Servant | web.StreamResponse | None = None
         try:
             found = self.routes.find(request, self.stopping)
             if isinstance(found, web.StreamResponse):
@@ -263,8 +293,19 @@ class SharedServer:
             )
             response = error(500, "internal", "internal server error; see the server log")
         if not request.content.is_eof():
+            # A refusal of a body not read: aiohttp reads and drops the rest (undecoded,
+            # lingering_time at most) so the client sees the answer; then the connection ends.
+            response.force_close()
             unread = {p for p in self._unread if not p.is_eof() and p.exception() is None}
             self._unread.clear()
             self._unread.update(unread)
             self._unread.add(request.content)
+        elif self.stopping or (
+            found is not None and not isinstance(found, web.StreamResponse) and found._draining
+        ):
+            # Going away: keep-alive connections end after this answer, the last of the
+            # requests they have read (pipelined ones are answered first).
+            protocol = request.protocol
+            if not isinstance(protocol, Connection) or not protocol.queued:
+                response.force_close()
         return response
