@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import logging
 import os
+import random
 import ssl as _ssl
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +46,10 @@ import aio_pika.abc
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
+import pamqp.commands
+import pamqp.exceptions
+import pamqp.frame
+import pamqp.header
 from yarl import URL
 
 from streamtools._base import Capabilities, Producer
@@ -68,6 +73,7 @@ logger = logging.getLogger("streamtools.rabbitmq")
 logger.addHandler(logging.NullHandler())
 
 QueueType = Literal["quorum", "classic"]
+Failover = Literal["in_order", "shuffle"]
 
 REPLY_TO: Final = "amq.rabbitmq.reply-to"
 _RECONNECT_INTERVAL: Final = 1.0
@@ -82,78 +88,200 @@ _NOT_PERSISTENT: Final = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
 
 @dataclass(frozen=True, slots=True)
 class _Settings:
-    url: URL
+    urls: tuple[URL, ...]  # one or more broker addresses, in the order they are tried
     ssl: _ssl.SSLContext | None
     connect_timeout: float
     queue_type: QueueType
+    failover: Failover = "in_order"
+
+    @property
+    def url(self) -> URL:
+        """The first address (usually the only one)."""
+        return self.urls[0]
 
     @property
     def address(self) -> str:
-        return f"{self.url.host}:{self.url.port}"
+        return ", ".join(f"{url.host}:{url.port}" for url in self.urls)
 
     @property
     def redacted(self) -> str:
-        return redact(self.url)
+        return ",".join(redact(url) for url in self.urls)
 
 
 def redact(url: URL | str) -> str:
-    """`url` without its password, for logs, reprs and error messages."""
-    parsed = URL(url) if isinstance(url, str) else url
+    """`url` (or a comma-separated list of them) without passwords, for logs, reprs and errors.
+
+    Never raises: text that does not parse as a URL is redacted as text.
+    """
+    if isinstance(url, str):
+        if "," in url:
+            return ",".join(redact(part) for part in url.split(","))
+        try:
+            parsed = URL(url)
+        except (TypeError, ValueError):
+            return _redact_text(url)
+        if not parsed.scheme or not parsed.host:
+            return _redact_text(url)  # "user:pw@host" without a scheme is no URL to yarl
+    else:
+        parsed = url
     if parsed.password is not None:
         parsed = parsed.with_password("***")
     return str(parsed)
 
 
+def _redact_text(text: str) -> str:
+    """`text` with whatever sits between `user:` and the last `@` replaced by `***`."""
+    userinfo, at, rest = text.rpartition("@")
+    if not at:
+        return text
+    scheme, sep, credentials = userinfo.rpartition("://")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}{sep}{user}{colon and ':***'}@{rest}"
+
+
 def _settings(
     owner: str,
-    url: str | None,
+    url: str | Sequence[str] | None,
     ssl: _ssl.SSLContext | None,
     connect_timeout: float,
     queue_type: str,
+    failover: str | None = None,
 ) -> _Settings:
     # Environment read once, here; explicit keywords win.
-    raw = url if url is not None else os.environ.get("RMQ_URL") or None
-    if raw is None:
-        host = os.environ.get("RMQ_HOST") or "localhost"
-        port_text = os.environ.get("RMQ_PORT") or "5672"
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ConfigurationError(f"RMQ_PORT must be a port number, got {port_text!r}") from None
-        vhost = os.environ.get("RMQ_VHOST") or "/"
-        parsed = URL.build(
-            scheme="amqps" if ssl is not None else "amqp",
-            user=os.environ.get("RMQ_USER") or "guest",
-            password=os.environ.get("RMQ_PASS") or "guest",
-            host=host,
-            port=port,
-            path="/" if vhost == "/" else "/" + vhost.strip("/"),
-        )
+    given: object = url  # checked at run time: callers without mypy pass anything
+    if given is not None:
+        if isinstance(given, str):
+            urls = _parse_urls(owner, "url=", given.split(","), ssl)
+        elif isinstance(given, Sequence) and all(isinstance(item, str) for item in given):
+            # One URL per item, not split at commas: the way to give a raw ',' in a password.
+            urls = _parse_urls(owner, "url=", [str(item) for item in given], ssl)
+        else:
+            raise ConfigurationError(
+                f"{owner}: url must be an amqp:// URL or a sequence of them, got "
+                f"{type(given).__name__}"
+            )
+    elif os.environ.get("RMQ_URL"):
+        urls = _parse_urls(owner, "RMQ_URL", os.environ["RMQ_URL"].split(","), ssl)
     else:
-        try:
-            parsed = URL(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"invalid RabbitMQ url {redact(str(raw))!r}: {exc}") from None
-    if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
-        raise ConfigurationError(
-            f"RabbitMQ url must look like amqp://user:pass@host:5672/vhost (or amqps://), "
-            f"got {redact(parsed)!r}"
-        )
-    if ssl is not None and parsed.scheme != "amqps":
-        raise ConfigurationError(
-            f"ssl= is given but the url {redact(parsed)!r} is not amqps://; use amqps://"
-        )
-    if parsed.port is None:
-        parsed = parsed.with_port(5671 if parsed.scheme == "amqps" else 5672)
-    if parsed.user is None:
-        parsed = parsed.with_user("guest").with_password("guest")
+        urls = _host_urls(owner, ssl)
     timeout = seconds(owner, "connect_timeout", connect_timeout, positive=True)
     checked: QueueType = (
         "quorum"
         if choice(owner, "queue_type", queue_type, ("quorum", "classic")) == "quorum"
         else "classic"
     )
-    return _Settings(parsed, ssl, timeout, checked)
+    order = failover if failover is not None else os.environ.get("RMQ_FAILOVER") or "in_order"
+    how: Failover = (
+        "shuffle"
+        if choice(owner, "failover", order, ("in_order", "shuffle")) == "shuffle"
+        else "in_order"
+    )
+    return _Settings(urls, ssl, timeout, checked, how)
+
+
+def _parse_urls(
+    owner: str, source: str, items: Sequence[str], ssl: _ssl.SSLContext | None
+) -> tuple[URL, ...]:
+    """Each item as a checked amqp(s):// URL with port and credentials filled in."""
+    if not items or items == [""]:
+        raise ConfigurationError(f"{owner}: {source} names no RabbitMQ address")
+    count = len(items)
+    urls: list[URL] = []
+    for position, raw in enumerate(items, 1):
+        item = raw.strip()
+        which = f"address {position} of {count} in {source}" if count > 1 else source
+        shown = _redact_text(item)
+        if not item:
+            raise ConfigurationError(
+                f"{owner}: {which} is empty ({redact(','.join(items))!r}); separate addresses "
+                "with single commas"
+            )
+        try:
+            parsed = URL(item)
+            port = parsed.port
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"{owner}: {which} is not a valid URL ({shown!r}: {exc}); expected "
+                "amqp://user:pass@host:5672/vhost, one full URL per address (a ',' in a "
+                "password is written %2C)"
+            ) from None
+        if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
+            hint = (
+                "; each address of a list is a full URL: amqp://u:p@host1:5672/,"
+                "amqp://u:p@host2:5672/ (a ',' in a password is written %2C)"
+                if count > 1
+                else ""
+            )
+            raise ConfigurationError(
+                f"{owner}: {which} must look like amqp://user:pass@host:5672/vhost (or "
+                f"amqps://), got {shown!r}{hint}"
+            )
+        if port is not None and not 0 < port < 65536:
+            raise ConfigurationError(f"{owner}: {which} has port {port}, not 1-65535")
+        if ssl is not None and parsed.scheme != "amqps":
+            raise ConfigurationError(
+                f"ssl= is given but the url {redact(parsed)!r} is not amqps://; use amqps://"
+            )
+        if port is None:
+            parsed = parsed.with_port(5671 if parsed.scheme == "amqps" else 5672)
+        if parsed.user is None:
+            parsed = parsed.with_user("guest").with_password("guest")
+        urls.append(parsed)
+    options = {url.query_string for url in urls}
+    if len(options) > 1:
+        # One connection object carries them (heartbeat, reconnect_interval...) for all.
+        raise ConfigurationError(
+            f"{owner}: the addresses in {source} have different ?options "
+            f"({', '.join(sorted(repr(o) for o in options))}); give every address the same"
+        )
+    return tuple(urls)
+
+
+def _host_urls(owner: str, ssl: _ssl.SSLContext | None) -> tuple[URL, ...]:
+    """URLs from RMQ_HOST (a comma-separated list of host or host:port) and the other RMQ_*."""
+    port_text = os.environ.get("RMQ_PORT") or "5672"
+    try:
+        default_port = int(port_text)
+    except ValueError:
+        raise ConfigurationError(f"RMQ_PORT must be a port number, got {port_text!r}") from None
+    if not 0 < default_port < 65536:
+        raise ConfigurationError(f"RMQ_PORT must be a port number 1-65535, got {port_text!r}")
+    vhost = os.environ.get("RMQ_VHOST") or "/"
+    hosts = (os.environ.get("RMQ_HOST") or "localhost").split(",")
+    urls = []
+    for position, raw in enumerate(hosts, 1):
+        item = raw.strip()
+        which = f"RMQ_HOST entry {position} of {len(hosts)}" if len(hosts) > 1 else "RMQ_HOST"
+        try:
+            parsed = URL(f"amqp://{item}")
+            port = parsed.port
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{owner}: {which} must be host or host:port, got {_redact_text(item)!r}: {exc}"
+            ) from None
+        if (
+            not item
+            or not parsed.host
+            or parsed.user is not None
+            or parsed.path not in ("", "/")
+            or parsed.query_string
+            or (port is not None and not 0 < port < 65536)
+        ):
+            raise ConfigurationError(
+                f"{owner}: {which} must be host or host:port (credentials go in RMQ_USER/"
+                f"RMQ_PASS, the vhost in RMQ_VHOST), got {_redact_text(item)!r}"
+            )
+        urls.append(
+            URL.build(
+                scheme="amqps" if ssl is not None else "amqp",
+                user=os.environ.get("RMQ_USER") or "guest",
+                password=os.environ.get("RMQ_PASS") or "guest",
+                host=parsed.host,
+                port=port if port is not None else default_port,
+                path="/" if vhost == "/" else "/" + vhost.strip("/"),
+            )
+        )
+    return tuple(urls)
 
 
 # --- topology --------------------------------------------------------------------------------
@@ -194,10 +322,18 @@ def _topology(
 # --- error mapping: the one place aio-pika / aiormq errors become streamtools errors --------
 
 
-def _translate(exc: BaseException, settings: _Settings, what: str) -> StreamtoolsError:
-    where = f"RabbitMQ at {settings.address}"
+def _translate(
+    exc: BaseException, settings: _Settings, what: str, url: URL | None = None
+) -> StreamtoolsError:
+    """`exc` as a streamtools error; `url` is the address it came from, if known."""
+    address = f"{url.host}:{url.port}" if url is not None else settings.address
+    where = f"RabbitMQ at {address}"
+    shown = redact(url) if url is not None else settings.redacted
+    user = (url or settings.url).user
     if isinstance(exc, StreamtoolsError):
         return exc
+    if isinstance(exc, _Refused):
+        return ConnectError(f"{what}: {where} {exc.words(user)}")
     if isinstance(exc, aiormq.exceptions.PublishError):
         return PublishError(
             f"{what}: no queue took the message (unroutable, returned by {where}); it was not "
@@ -228,21 +364,117 @@ def _translate(exc: BaseException, settings: _Settings, what: str) -> Streamtool
         exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError
     ):
         return ConnectError(
-            f"{what}: {where} refused the login of user {settings.url.user!r} "
-            f"({settings.redacted}); check RMQ_USER/RMQ_PASS or the url= credentials"
+            f"{what}: {where} refused the login of user {user!r} ({shown}): "
+            f"{_reason(exc)}; check RMQ_USER/RMQ_PASS or the url= credentials"
         )
     if isinstance(exc, TimeoutError):
         return ConnectError(
-            f"{what}: no answer from {where} ({settings.redacted}) within "
+            f"{what}: no answer from {where} ({shown}) within "
             f"{settings.connect_timeout} s; check RMQ_HOST/RMQ_PORT or url=, and that "
             "RabbitMQ runs there"
         )
+    if isinstance(exc, aiormq.exceptions.IncompatibleProtocolError) or _closed_early(exc):
+        return ConnectError(
+            f"{what}: {where} ({shown}) accepted the connection but closed it during the "
+            f"AMQP handshake ({_reason(exc)}): it is not ready to take connections (a node "
+            "that is starting or stopping does that) or it is not an AMQP 0-9-1 port"
+        )
     if isinstance(exc, aiormq.exceptions.AMQPConnectionError | OSError):
         return ConnectError(
-            f"{what}: cannot connect to {where} ({settings.redacted}): {_reason(exc)}; "
+            f"{what}: cannot connect to {where} ({shown}): {_reason(exc)}; "
             "check RMQ_HOST/RMQ_PORT or url=, and that RabbitMQ runs there"
         )
     return ConnectError(f"{what}: {where} failed: {_reason(exc)}")
+
+
+class _Refused(Exception):
+    """The broker closed the AMQP handshake with `code` and its own reply `text`."""
+
+    def __init__(self, code: int, text: str, vhost: str) -> None:
+        super().__init__(code, text)
+        self.code, self.text, self.vhost = code, text, vhost
+
+    def words(self, user: str | None) -> str:
+        if self.code == 403 and "login" in self.text.lower():
+            return (
+                f"refused the login of user {user!r}: {self.text}; check RMQ_USER/RMQ_PASS "
+                "or the url= credentials"
+            )
+        if self.code in (403, 530):
+            return (
+                f"refused vhost {self.vhost!r} to user {user!r}: {self.text}; check "
+                "RMQ_VHOST or the url's path, that the vhost exists (rabbitmqctl list_vhosts) "
+                f"and that the user may use it (rabbitmqctl list_permissions -p {self.vhost})"
+            )
+        return (
+            f"answered but is not ready to take connections: {self.text} (reply code "
+            f"{self.code}); it may be starting, stopping or cut off from its cluster"
+        )
+
+
+def _closed_early(exc: BaseException) -> bool:
+    """The peer hung up in the middle of the handshake (aiormq reports it in words only)."""
+    return isinstance(exc, aiormq.exceptions.AMQPConnectionError) and "unexpectedly closed" in (
+        _reason(exc)
+    )
+
+
+async def _refusal(url: URL, ssl: _ssl.SSLContext | None, timeout: float) -> _Refused | None:
+    """Why the broker at `url` closes the AMQP handshake, in its own words; None if it does not.
+
+    aiormq reports a refused Connection.Open only as "Expected Connection.OpenOk, got
+    <Connection.Close object at 0x...>", without the reply text, so we ask again: one plain
+    handshake (PLAIN login, as aiormq does) straight on pamqp frames, only after a failure.
+    """
+    vhost = url.path[1:].replace("%2F", "/") if url.path not in ("", "/") else "/"
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                url.host,
+                url.port,
+                ssl=(ssl or _ssl.create_default_context()) if url.scheme == "amqps" else None,
+            )
+            try:
+                buffer = b""
+
+                async def receive() -> object:
+                    nonlocal buffer
+                    while True:
+                        with contextlib.suppress(pamqp.exceptions.UnmarshalingException):
+                            used, _, frame = pamqp.frame.unmarshal(buffer)
+                            buffer = buffer[used:]
+                            return frame
+                        chunk = await reader.read(65536)
+                        if not chunk:
+                            raise EOFError
+                        buffer += chunk
+
+                def send(frame: pamqp.frame.FrameTypes) -> None:
+                    writer.write(pamqp.frame.marshal(frame, 0))
+
+                writer.write(pamqp.header.ProtocolHeader().marshal())
+                if not isinstance(await receive(), pamqp.commands.Connection.Start):
+                    return None
+                login = f"\0{url.user or ''}\0{url.password or ''}"
+                send(pamqp.commands.Connection.StartOk(mechanism="PLAIN", response=login))
+                frame = await receive()
+                if isinstance(frame, pamqp.commands.Connection.Tune):
+                    send(
+                        pamqp.commands.Connection.TuneOk(
+                            channel_max=frame.channel_max, frame_max=frame.frame_max, heartbeat=0
+                        )
+                    )
+                    send(pamqp.commands.Connection.Open(virtual_host=vhost))
+                    frame = await receive()
+                if isinstance(frame, pamqp.commands.Connection.Close):
+                    return _Refused(frame.reply_code or 0, frame.reply_text or "", vhost)
+                return None
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+    except (OSError, EOFError, TimeoutError, pamqp.exceptions.PAMQPException):
+        return None
 
 
 def _reply_text(exc: BaseException) -> str:
@@ -430,25 +662,51 @@ class _Link:
             await _connections.release(self.settings, connection)
 
 
-class _Connections:
-    """One robust connection per (event loop, broker URL, TLS context), shared by reference.
+class _FailoverConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, moving on to the next broker address whenever it reconnects.
 
-    Every producer and consumer of a process that talks to the same broker multiplexes its
-    channels over one TCP connection (what aio-pika recommends); the last to close it
-    closes it. A lost connection is re-established once for all of them.
+    RobustConnection's reconnect loop connects to `self.url` on every attempt, and every end
+    of a connection, lost or never made, goes through `_on_connection_close` (a refused attempt
+    too: see `aio_pika.abc.UnderlayConnection.connect`). Pointing `url` at the next address
+    there is all failover takes: aio-pika then reopens channels, re-declares what was declared
+    on them and re-subscribes consumers on whichever node answered, as after any reconnect,
+    and a publish that was waiting for its confirm is published again there (`_Link.publish`).
+    """
+
+    def __init__(self, addresses: Sequence[URL], first: int, **kwargs: Any) -> None:
+        super().__init__(addresses[first], **kwargs)
+        self.addresses = tuple(addresses)
+        self._position = first
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        if len(self.addresses) > 1 and not (self.close_called or self.is_closed):
+            self._position = (self._position + 1) % len(self.addresses)
+            self.url = self.addresses[self._position]
+            logger.info("RabbitMQ connection lost; next address %s", redact(self.url))
+        await super()._on_connection_close(closing)
+
+
+class _Connections:
+    """One robust connection per (event loop, broker addresses, TLS context), shared by reference.
+
+    Every producer and consumer of a process that talks to the same broker (or the same
+    cluster) multiplexes its channels over one TCP connection (what aio-pika recommends); the
+    last to close it closes it. A lost connection is re-established once for all of them, on
+    the next address that answers.
     """
 
     def __init__(self) -> None:
         self._shared: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[str, int], tuple[aio_pika.RobustConnection, int]]
+            asyncio.AbstractEventLoop,
+            dict[tuple[tuple[str, ...], str, int], tuple[aio_pika.RobustConnection, int]],
         ] = weakref.WeakKeyDictionary()
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
 
     @staticmethod
-    def _key(settings: _Settings) -> tuple[str, int]:
-        return str(settings.url), id(settings.ssl)
+    def _key(settings: _Settings) -> tuple[tuple[str, ...], str, int]:
+        return tuple(str(url) for url in settings.urls), settings.failover, id(settings.ssl)
 
     async def acquire(self, settings: _Settings, role: str) -> aio_pika.RobustConnection:
         loop = asyncio.get_running_loop()
@@ -460,26 +718,51 @@ class _Connections:
             if found is not None and not found[0].is_closed:
                 per_loop[key] = (found[0], found[1] + 1)
                 return found[0]
-            connection = aio_pika.RobustConnection(
-                settings.url,
+            connection = await self._connect(settings, role)
+            per_loop[key] = (connection, 1)
+            logger.debug("connected", extra={"role": role, "broker": redact(connection.url)})
+            return connection
+
+    async def _connect(self, settings: _Settings, role: str) -> _FailoverConnection:
+        """Connected to the first address that answers, trying each once in turn."""
+        addresses = list(settings.urls)
+        if settings.failover == "shuffle":
+            random.shuffle(addresses)  # spreads a fleet of clients over the nodes
+        what = f"{role}: connecting"
+        failures: list[tuple[URL, BaseException]] = []
+        for first, url in enumerate(addresses):
+            # aio-pika's fail-fast first attempt ends its reconnect loop when it fails, so each
+            # address gets a connection object of its own until one answers.
+            connection = _FailoverConnection(
+                addresses,
+                first,
                 ssl_context=settings.ssl,
                 client_properties={"connection_name": f"streamtools pid {os.getpid()}"},
                 # A `?reconnect_interval=` in the url wins (aio-pika skips None keywords).
                 reconnect_interval=(
-                    None if "reconnect_interval" in settings.url.query else _RECONNECT_INTERVAL
+                    None if "reconnect_interval" in url.query else _RECONNECT_INTERVAL
                 ),
             )
             try:
-                with _map_errors(settings, f"{role}: connecting"):
-                    async with asyncio.timeout(settings.connect_timeout):
-                        await connection.connect(timeout=settings.connect_timeout)
-            except BaseException:
+                async with asyncio.timeout(settings.connect_timeout):
+                    await connection.connect(timeout=settings.connect_timeout)
+                return connection
+            except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await connection.close()
-                raise
-            per_loop[key] = (connection, 1)
-            logger.debug("connected", extra={"role": role, "broker": settings.redacted})
-            return connection
+                if not isinstance(exc, aiormq.exceptions.AMQPError | OSError | RuntimeError):
+                    raise
+                failures.append((url, await _explained(exc, url, settings)))
+        if len(failures) == 1:
+            only, failure = failures[0]
+            raise _translate(failure, settings, what, only) from failure
+        reasons = "; ".join(
+            str(_translate(failure, settings, f"{at.host}:{at.port}", at))
+            for at, failure in failures
+        )
+        raise ConnectError(
+            f"{what}: none of the {len(failures)} RabbitMQ addresses took the connection: {reasons}"
+        ) from failures[-1][1]
 
     async def release(self, settings: _Settings, connection: aio_pika.RobustConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -493,6 +776,16 @@ class _Connections:
             del per_loop[key]
         with contextlib.suppress(Exception):
             await connection.close()
+
+
+async def _explained(exc: BaseException, url: URL, settings: _Settings) -> BaseException:
+    """`exc`, or the broker's own reason when it closed the handshake without aiormq saying why."""
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        refused = await _refusal(url, settings.ssl, settings.connect_timeout)
+        if refused is not None:
+            refused.__cause__ = exc
+            return refused
+    return exc
 
 
 _connections = _Connections()
@@ -550,9 +843,11 @@ class RabbitMQProducer(Producer[T]):
     """Publishes to a RabbitMQ queue with publisher confirms; `send` returns once confirmed.
 
     Settings: `url=` (else `RMQ_URL`, else `RMQ_HOST`/`RMQ_PORT`/`RMQ_USER`/`RMQ_PASS`/
-    `RMQ_VHOST`), `ssl=` an SSLContext for amqps, `connect_timeout` for the first connection,
-    `send_timeout` for how long `send` waits (also through a reconnect) for the confirm,
-    `queue_type` matching the consumers'. Send options: `headers` (extra AMQP headers) and
+    `RMQ_VHOST`), one address or several (a sequence, or a comma-separated list) tried in
+    order or shuffled (`failover=`, else `RMQ_FAILOVER`) when connecting and after a lost
+    connection; `ssl=` an SSLContext for amqps, `connect_timeout` for the first connection
+    (per address), `send_timeout` for how long `send` waits (also through a reconnect or a
+    failover) for the confirm, `queue_type` matching the consumers'. Send options: `headers` (extra AMQP headers) and
     `expiration` (seconds; an expired message goes to `<queue>.dlq`).
     """
 
@@ -565,14 +860,17 @@ class RabbitMQProducer(Producer[T]):
         message_type: type[T] | None = None,
         source: str | None = None,
         validate: bool = True,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         ssl: _ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
         send_timeout: float = 30.0,
         queue_type: QueueType = "quorum",
+        failover: Failover | None = None,
     ) -> None:
         super().__init__(queue, message_type=message_type, source=source, validate=validate)
-        self._settings = _settings(type(self).__name__, url, ssl, connect_timeout, queue_type)
+        self._settings = _settings(
+            type(self).__name__, url, ssl, connect_timeout, queue_type, failover
+        )
         self.send_timeout = seconds(
             type(self).__name__, "send_timeout", send_timeout, positive=True
         )
@@ -792,7 +1090,7 @@ class RabbitMQConsumer(QueuedConsumer[T]):
         queue: Queue[T] | str,
         *,
         message_type: type[T] | None = None,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         ssl: _ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
         prefetch: int = 64,
@@ -802,6 +1100,7 @@ class RabbitMQConsumer(QueuedConsumer[T]):
         max_message_size: int = 1024 * 1024,
         shutdown_timeout: float = 30.0,
         queue_type: QueueType = "quorum",
+        failover: Failover | None = None,
     ) -> None:
         super().__init__(
             queue,
@@ -812,7 +1111,9 @@ class RabbitMQConsumer(QueuedConsumer[T]):
             max_message_size=max_message_size,
             shutdown_timeout=shutdown_timeout,
         )
-        self._settings = _settings(type(self).__name__, url, ssl, connect_timeout, queue_type)
+        self._settings = _settings(
+            type(self).__name__, url, ssl, connect_timeout, queue_type, failover
+        )
         self.prefetch = integer(type(self).__name__, "prefetch", prefetch, minimum=1)
         self._link = _Link(self._settings, f"consumer {self.queue.name}")
         self._consume_channel: aio_pika.abc.AbstractRobustChannel | None = None
