@@ -19,8 +19,8 @@ Modules, by job: `_producer` (requests and retries), `_consumer` (one queue's ro
 checks, decode, handler, status), `_server` (the shared server and its dispatch),
 `_connection` (one client connection: timeouts, parser errors, limits, graceful stop),
 `_negotiation` (content types, Accept, GET query <-> message), `_body` (reading and
-inflating within the size limit), `_dedup` (the answers to recent messages), `_presets` (send-side wire
-formats), `_outcome` (answers), `_config` (settings and the environment).
+inflating within the size limit), `_dedup` (the answers to recent messages), `_presets`
+(send-side wire formats), `_outcome` (answers), `_config` (settings and the environment).
 """
 
 from streamtools.transports.http._consumer import HTTPConsumer

@@ -39,7 +39,7 @@ from streamtools.transports.http._connection import (
     throttle_accept_errors,
 )
 from streamtools.transports.http._negotiation import json_encoder
-from streamtools.transports.http._outcome import error
+from streamtools.transports.http._outcome import RETRY_LATER, error
 
 logger = logging.getLogger("streamtools.http")
 
@@ -102,7 +102,7 @@ class Routes:
             if method not in ("GET", "HEAD"):
                 return error(405, "method_not_allowed", f"{path} answers GET", {"Allow": "GET"})
             if stopping:
-                return error(503, "unavailable", "the server is shutting down")
+                return error(503, "unavailable", "the server is shutting down", RETRY_LATER)
             if endpoint is None:
                 found = self._queues()
             else:
@@ -120,7 +120,7 @@ class Routes:
         methods = self.table.get(name)
         if methods is None:
             if stopping:
-                return error(503, "unavailable", "the server is shutting down")
+                return error(503, "unavailable", "the server is shutting down", RETRY_LATER)
             return error(404, "not_found", f"no queue named {name!r} is served here")
         servant = methods.get(method)
         if servant is None:
