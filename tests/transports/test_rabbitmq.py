@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -152,6 +152,78 @@ def test_bad_settings_are_configuration_errors(settings: dict[str, Any], mention
     assert "topsecret" not in str(info.value)
 
 
+def test_several_addresses_from_url_rmq_url_and_rmq_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RMQ_URL", "RMQ_HOST", "RMQ_PORT", "RMQ_USER", "RMQ_PASS", "RMQ_VHOST"):
+        monkeypatch.delenv(var, raising=False)
+    # Credentials may differ per address; every password is redacted.
+    listed = RabbitMQProducer("q", url=["amqp://a:pw-one@n1:5701/", "amqps://b:pw-two@n2/vh"])
+    assert "url='amqp://a:***@n1:5701/,amqps://b:***@n2:5671/vh'" in repr(listed)
+    # In a sequence each item is one URL: a raw comma in a password stays in the password.
+    raw_comma = RabbitMQConsumer("q", url=["amqp://u:p,w-x@n1/", "amqp://u:p,w-x@n2/"])
+    assert "amqp://u:***@n1:5672/,amqp://u:***@n2:5672/" in repr(raw_comma)
+    assert "p,w-x" not in repr(raw_comma)
+    commas = RabbitMQProducer("q", url="amqp://u:pw-c@n1, amqp://u:pw-c@n2:5999/")
+    assert "amqp://u:***@n1:5672,amqp://u:***@n2:5999/" in repr(commas)
+    monkeypatch.setenv("RMQ_URL", "amqp://e:pw-env@r1:1111/,amqp://e:pw-env@r2:2222/")
+    assert "amqp://e:***@r1:1111/,amqp://e:***@r2:2222/" in repr(RabbitMQConsumer("q"))
+    monkeypatch.delenv("RMQ_URL")
+    monkeypatch.setenv("RMQ_HOST", "h1,h2:5673, [::1]:5674")
+    monkeypatch.setenv("RMQ_PORT", "5700")
+    monkeypatch.setenv("RMQ_PASS", "pw-host")
+    hosts = repr(RabbitMQProducer("q"))
+    assert "guest:***@h1:5700/,amqp://guest:***@h2:5673/,amqp://guest:***@[::1]:5674/" in hosts
+    assert "pw-" not in repr(listed) + repr(commas) + hosts
+
+
+@pytest.mark.parametrize(
+    ("settings", "mentions"),
+    [
+        # A list of addresses repeats the scheme: the shorthand is refused, not a bare ValueError.
+        ({"url": "amqp://g:topsecret@127.0.0.1:5681,127.0.0.1:5682/"}, "address 2 of 2"),
+        ({"url": "amqp://g:topsecret@h1/,,amqp://g:topsecret@h2/"}, "address 2 of 3"),
+        ({"url": "amqp://g:topsecret@h1:99999/"}, "Port out of range"),
+        ({"url": "amqp://g:topsecret@h1:0/"}, "port 0"),
+        ({"url": "amqp://g:topsecret@[::1/"}, "not a valid URL"),
+        ({"url": ["amqp://g:topsecret@h1/", "http://g:topsecret@h2/"]}, "address 2 of 2"),
+        ({"url": "amqp://g:topsecret@h1/?heartbeat=5,amqp://g:topsecret@h2/"}, "?options"),
+        ({"url": ""}, "no RabbitMQ address"),
+        ({"url": 5672}, "sequence"),
+        ({"url": "amqp://g:topsecret@h1/", "failover": "random"}, "failover"),
+    ],
+)
+def test_malformed_addresses_are_configuration_errors_naming_the_part(
+    settings: dict[str, Any], mentions: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RabbitMQProducer("q", **settings)
+    assert mentions in str(info.value)
+    assert "topsecret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "mentions"),
+    [
+        ({"RMQ_URL": "amqp://g:topsecret@h1/,g:topsecret@h2"}, "address 2 of 2 in RMQ_URL"),
+        ({"RMQ_HOST": "h1,h2:x"}, "RMQ_HOST entry 2 of 2"),
+        ({"RMQ_HOST": "h1,,h3"}, "RMQ_HOST entry 2 of 3"),
+        ({"RMQ_HOST": "g:topsecret@h1"}, "RMQ_USER"),
+        ({"RMQ_PORT": "70000"}, "RMQ_PORT"),
+        ({"RMQ_FAILOVER": "sideways"}, "failover"),
+    ],
+)
+def test_malformed_address_variables_are_configuration_errors(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], mentions: str
+) -> None:
+    for var in ("RMQ_URL", "RMQ_HOST", "RMQ_PORT", "RMQ_FAILOVER"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigurationError) as info:
+        RabbitMQConsumer("q")
+    assert mentions in str(info.value)
+    assert "topsecret" not in str(info.value)
+
+
 async def test_unknown_send_option_lists_the_accepted_ones(rabbitmq_url: str, queue: str) -> None:
     async with RabbitMQProducer(queue, message_type=Order, url=rabbitmq_url) as producer:
         with pytest.raises(ConfigurationError) as info:
@@ -188,6 +260,98 @@ async def test_refused_port_is_a_connection_error_naming_host_and_port() -> None
     assert "127.0.0.1:1" in str(info.value)
     assert "pw-xyz" not in str(info.value)
     await consumer.close()
+
+
+async def test_refused_vhost_says_so_with_the_brokers_reply(rabbitmq_url: str) -> None:
+    parts = urlsplit(rabbitmq_url)
+    url = f"amqp://guest:guest@{parts.hostname}:{parts.port}/st-no-such-vhost"
+    producer = RabbitMQProducer("q", url=url, connect_timeout=10)
+    with pytest.raises(ConnectError) as info:
+        async with asyncio.timeout(WAIT):
+            await producer.a_init()
+    await producer.close()
+    message = str(info.value)
+    assert "refused vhost 'st-no-such-vhost' to user 'guest'" in message
+    assert "NOT_ALLOWED - vhost st-no-such-vhost not found" in message  # the broker's words
+    assert "Connection.Close object" not in message
+
+
+async def test_refused_login_carries_the_brokers_reply(rabbitmq_url: str) -> None:
+    parts = urlsplit(rabbitmq_url)
+    url = f"amqp://guest:wrong-pass-456@{parts.hostname}:{parts.port}/"
+    consumer = RabbitMQConsumer("q", url=url, connect_timeout=10)
+    with pytest.raises(ConnectError) as info:
+        async with asyncio.timeout(WAIT):
+            await consumer.a_init()
+    await consumer.close()
+    assert "refused the login of user 'guest'" in str(info.value)
+    assert "ACCESS_REFUSED" in str(info.value)
+    assert "wrong-pass-456" not in str(info.value)
+
+
+async def test_a_port_that_hangs_up_in_the_handshake_is_not_ready() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    producer = RabbitMQProducer("q", url=f"amqp://guest:pw-nr@127.0.0.1:{port}/")
+    try:
+        with pytest.raises(ConnectError) as info:
+            async with asyncio.timeout(WAIT):
+                await producer.a_init()
+    finally:
+        await producer.close()
+        server.close()
+        await server.wait_closed()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "closed it during the AMQP handshake" in str(info.value)
+    assert "not ready" in str(info.value)
+    assert "pw-nr" not in str(info.value)
+
+
+@pytest.mark.parametrize("failover", ["in_order", "shuffle"])
+async def test_connects_through_the_first_address_that_answers(
+    rabbitmq_url: str, queue: str, failover: Literal["in_order", "shuffle"]
+) -> None:
+    parts = urlsplit(rabbitmq_url)
+    dead = f"amqp://guest:pw-dead@127.0.0.1:{free_port()}/"
+    url = [dead, rabbitmq_url]
+    async with (
+        RabbitMQProducer(queue, message_type=Order, url=url, failover=failover) as producer,
+        RabbitMQProducer(queue, message_type=Order, url=url, failover=failover) as second,
+    ):
+        await producer.send(order(1))
+        connection = producer._link.connection
+        assert connection is not None
+        assert (connection.url.host, connection.url.port) == (parts.hostname, parts.port)
+        # One connection per process and broker set, shared.
+        assert second._link.connection is connection
+    assert "pw-dead" not in repr(producer)
+
+
+async def test_no_address_answers_lists_each_with_its_reason() -> None:
+    ports = [free_port(), free_port()]
+    url = [f"amqp://u1:pw-a@127.0.0.1:{ports[0]}/", f"amqp://u2:pw-b@127.0.0.1:{ports[1]}/"]
+    consumer = RabbitMQConsumer("q", url=url, connect_timeout=5)
+    with pytest.raises(ConnectError) as info:
+        async with asyncio.timeout(WAIT):
+            await consumer.a_init()
+    await consumer.close()
+    message = str(info.value)
+    assert "none of the 2 RabbitMQ addresses" in message
+    assert f"127.0.0.1:{ports[0]}" in message
+    assert f"127.0.0.1:{ports[1]}" in message
+    assert "pw-a" not in message
+    assert "pw-b" not in message
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound a moment ago, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 async def test_silent_server_times_out_after_connect_timeout() -> None:

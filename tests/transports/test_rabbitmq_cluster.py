@@ -98,6 +98,7 @@ class Ledger:
 async def send_one(producer: Producer[Tick], ledger: Ledger, seq: int) -> None:
     started = time.monotonic()
     ledger.in_flight += 1
+    ledger._changed.set()
     try:
         ledger.confirm(await producer.send(Tick(seq=seq)))
     except PublishError:
@@ -243,9 +244,7 @@ async def test_producer_node_killed_sends_carry_on_through_another_node(
         try:
             await more_confirmed(ledger, 100)
             beams = await asyncio.to_thread(cluster.beams, 0)
-            async with asyncio.timeout(10):
-                while not ledger.in_flight:  # kill it with a confirm pending
-                    await asyncio.sleep(0)
+            await ledger.until(lambda: ledger.in_flight > 0, 10)  # kill with a confirm pending
             cluster.signal(beams)
             in_flight.append(ledger.in_flight)
             await cluster.akill(0)

@@ -414,8 +414,11 @@ class _Refused(Exception):
 
 def _closed_early(exc: BaseException) -> bool:
     """The peer hung up in the middle of the handshake (aiormq reports it in words only)."""
-    return isinstance(exc, aiormq.exceptions.AMQPConnectionError) and "unexpectedly closed" in (
-        _reason(exc)
+    if isinstance(exc, StopAsyncIteration | pamqp.exceptions.PAMQPException):
+        return True
+    reason = _reason(exc).lower()
+    return isinstance(exc, aiormq.exceptions.AMQPConnectionError) and (
+        "unexpectedly closed" in reason or "server connection reset" in reason
     )
 
 
@@ -662,6 +665,16 @@ class _Link:
             await _connections.release(self.settings, connection)
 
 
+# What a failed connection attempt raises (aio-pika's CONNECTION_EXCEPTIONS, TimeoutError too).
+_CONNECT_FAILURES: Final = (
+    aiormq.exceptions.AMQPError,
+    OSError,
+    RuntimeError,
+    StopAsyncIteration,
+    pamqp.exceptions.PAMQPException,
+)
+
+
 class _FailoverConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection, moving on to the next broker address whenever it reconnects.
 
@@ -682,7 +695,7 @@ class _FailoverConnection(aio_pika.RobustConnection):
         if len(self.addresses) > 1 and not (self.close_called or self.is_closed):
             self._position = (self._position + 1) % len(self.addresses)
             self.url = self.addresses[self._position]
-            logger.info("RabbitMQ connection lost; next address %s", redact(self.url))
+            logger.info("RabbitMQ connection ended; next address %s", redact(self.url))
         await super()._on_connection_close(closing)
 
 
@@ -750,7 +763,7 @@ class _Connections:
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await connection.close()
-                if not isinstance(exc, aiormq.exceptions.AMQPError | OSError | RuntimeError):
+                if not isinstance(exc, _CONNECT_FAILURES):
                     raise
                 failures.append((url, await _explained(exc, url, settings)))
         if len(failures) == 1:
@@ -847,8 +860,8 @@ class RabbitMQProducer(Producer[T]):
     order or shuffled (`failover=`, else `RMQ_FAILOVER`) when connecting and after a lost
     connection; `ssl=` an SSLContext for amqps, `connect_timeout` for the first connection
     (per address), `send_timeout` for how long `send` waits (also through a reconnect or a
-    failover) for the confirm, `queue_type` matching the consumers'. Send options: `headers` (extra AMQP headers) and
-    `expiration` (seconds; an expired message goes to `<queue>.dlq`).
+    failover) for the confirm, `queue_type` matching the consumers'. Send options: `headers`
+    (extra AMQP headers) and `expiration` (seconds; an expired message goes to `<queue>.dlq`).
     """
 
     transport = "RMQIOHandler"
