@@ -17,6 +17,7 @@ from streamtools._registry import (
     Registry,
     UnknownTransportError,
 )
+from streamtools._telemetry import configure_tracing, enable_metrics
 from streamtools._types import Handler, Queue
 from streamtools.errors import (
     CodecError,
@@ -72,7 +73,9 @@ __all__ = [
     "UnknownTransportError",
     "UnsupportedError",
     "ValidationError",
+    "configure_tracing",
     "current_metadata",
+    "enable_metrics",
     "register_contracts",
     "registered_contracts",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +19,7 @@ from typing import Any, ClassVar, Generic, Self
 
 import msgspec
 
+from streamtools import _telemetry
 from streamtools._codec import (
     JSON,
     Codec,
@@ -76,6 +78,8 @@ class _Endpoint(abc.ABC):
     """
 
     transport: ClassVar[str] = ""
+    messaging_system: ClassVar[str] = "streamtools"
+    """The OpenTelemetry `messaging.system` of the transport (rabbitmq, kafka, ...)."""
     settings: ClassVar[frozenset[str]] = frozenset()
     """The constructor's keyword settings, read from its signature."""
 
@@ -98,6 +102,11 @@ class _Endpoint(abc.ABC):
         self._ready = False  # opened and not closing: the one check on the send path
         self._open_lock = asyncio.Lock()
         self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """(host, port) of the broker or server, for traces; None where there is none."""
+        return None
 
     @property
     def closed(self) -> bool:
@@ -193,6 +202,10 @@ class Producer(_Endpoint, Generic[T]):
         codec = self._codec_for_send(options)
         body = codec.encode(msg, validate=self.validate)
         meta = new_metadata(codec.type_name, self.source, codec.content_type)
+        if _telemetry.active():
+            with _telemetry.sending(self, (meta,)) as (meta,):
+                await self._send(body, meta, options)
+            return meta.id
         await self._send(body, meta, options)
         return meta.id
 
@@ -212,10 +225,12 @@ class Producer(_Endpoint, Generic[T]):
             )
             for msg in msgs
         ]
-        results = await asyncio.gather(
-            *(self._send(body, meta, options) for body, meta in prepared),
-            return_exceptions=True,
-        )
+        if _telemetry.active():
+            with _telemetry.sending(self, [meta for _, meta in prepared]) as metas:
+                prepared = [(body, meta) for (body, _), meta in zip(prepared, metas, strict=True)]
+                results = await self._send_all(prepared, options)
+        else:
+            results = await self._send_all(prepared, options)
         failed: list[tuple[int, str, Exception]] = []
         for index, ((_, meta), result) in enumerate(zip(prepared, results, strict=True)):
             if isinstance(result, BaseException):
@@ -231,6 +246,15 @@ class Producer(_Endpoint, Generic[T]):
             ) from failed[0][2]
         return [meta.id for _, meta in prepared]
 
+    async def _send_all(
+        self, prepared: list[tuple[bytes, Metadata]], options: Mapping[str, object]
+    ) -> list[object]:
+        # Concurrent; a transport may pipeline. Failures are returned, not raised.
+        return await asyncio.gather(
+            *(self._send(body, meta, options) for body, meta in prepared),
+            return_exceptions=True,
+        )
+
     async def request(
         self, msg: T, *, reply_type: type[R], timeout: float = 30.0, **options: object
     ) -> R:
@@ -240,7 +264,11 @@ class Producer(_Endpoint, Generic[T]):
         codec = self._codec_for_send(options)
         body = codec.encode(msg, validate=self.validate)
         meta = new_metadata(codec.type_name, self.source, codec.content_type)
-        reply, content_type = await self._request(body, meta, timeout, options)
+        if _telemetry.active():
+            with _telemetry.sending(self, (meta,), "request") as (meta,):
+                reply, content_type = await self._request(body, meta, timeout, options)
+        else:
+            reply, content_type = await self._request(body, meta, timeout, options)
         try:
             return codec_for(reply_type, content_type).decode(reply)
         except ValueError as exc:  # an unknown content type from the peer
@@ -418,11 +446,24 @@ class Consumer(_Endpoint, Generic[T]):
         # Transports bracket each delivery (decode, handler, ack) so close() can drain it.
         self._inflight += 1
         self._idle.clear()
+        if _telemetry._metrics is not None:
+            _telemetry.in_flight(self, 1)
 
     def _delivery_done(self) -> None:
         self._inflight -= 1
         if not self._inflight:
             self._idle.set()
+        if _telemetry._metrics is not None:
+            _telemetry.in_flight(self, -1)
+
+    def _processing(
+        self,
+        meta: Metadata,
+        attributes: Mapping[str, object] | None = None,
+        carrier: Mapping[str, object] | None = None,
+    ) -> contextlib.AbstractContextManager[_telemetry.Processing]:
+        """The span and metrics around one delivery (see `streamtools._telemetry`)."""
+        return _telemetry.processing(self, meta, attributes, carrier)
 
     @abc.abstractmethod
     async def _start(self) -> None:

@@ -37,11 +37,12 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 import msgspec
 
+from streamtools import _telemetry
 from streamtools._base import Consumer, Route, encode_reply
 from streamtools._binding import carried
 from streamtools._codec import Metadata
@@ -110,6 +111,11 @@ class Incoming(abc.ABC):
     def wants_reply(self) -> bool:
         """Whether the sender waits for the handler's reply (request/reply)."""
         return False
+
+    @property
+    def span_attributes(self) -> Mapping[str, object] | None:
+        """The transport's own trace attributes of this delivery (partition, offset, tag)."""
+        return None
 
     @abc.abstractmethod
     async def publish(self, target: str, meta: Metadata, delay: float) -> None:
@@ -207,6 +213,18 @@ class QueuedConsumer(Consumer[T]):
             # A foreign attempt header is clamped, not trusted: it cannot skip the retries
             # of a message it never had (nor make the handler see a count beyond them).
             meta = incoming.meta = msgspec.structs.replace(meta, attempt=self.max_retries + 1)
+        if _telemetry.active():
+            with self._processing(meta, incoming.span_attributes) as observed:
+                observed.outcome, observed.error = await self._run(route, incoming)
+        else:
+            await self._run(route, incoming)
+
+    async def _run(self, route: Route[T], incoming: Incoming) -> tuple[str, BaseException | None]:
+        """Decide and settle one delivery; return its outcome (see `_telemetry.OUTCOMES`)
+        and the error behind it."""
+        meta = incoming.meta
+        outcome = "ok"
+        error: BaseException | None = None
         try:
             try:
                 size = len(incoming.body)
@@ -217,9 +235,11 @@ class QueuedConsumer(Consumer[T]):
                     )
                 reply = await self._process(route, incoming.body, meta)
             except CodecError as exc:
-                await self._failed(incoming, exc, invalid=True)
+                error = exc
+                outcome = await self._failed(incoming, exc, invalid=True)
             except HandlerError as exc:
-                await self._failed(incoming, exc, invalid=False)
+                error = exc.__cause__ or exc
+                outcome = await self._failed(incoming, exc, invalid=False)
             else:
                 if incoming.wants_reply:
                     await self._reply(incoming, reply)
@@ -232,14 +252,16 @@ class QueuedConsumer(Consumer[T]):
                 "connection lost mid-delivery; the broker redelivers the message",
                 extra=self._log_extra(meta),
             )
+            outcome = "failed"
         except Exception as exc:
-            await self._internal_failure(incoming, exc)
+            outcome, error = await self._internal_failure(incoming, exc), exc
         else:
             self._internal_failures.pop(meta.id, None)
         finally:
             self._delivery_done()
+        return outcome, error
 
-    async def _internal_failure(self, incoming: Incoming, error: Exception) -> None:
+    async def _internal_failure(self, incoming: Incoming, error: Exception) -> str:
         """A failure of ours (e.g. a copy the broker refused): never lose, never loop.
 
         The message is requeued after `retry_delay`; after `_MAX_INTERNAL_FAILURES` of them
@@ -267,7 +289,7 @@ class QueuedConsumer(Consumer[T]):
                 )
             else:
                 failures.pop(meta.id, None)
-                return
+                return "dead_lettered"
         else:
             logger.exception(
                 "delivery failed (%d of %d); requeueing",
@@ -278,10 +300,11 @@ class QueuedConsumer(Consumer[T]):
         await asyncio.sleep(self.retry_delay)
         with contextlib.suppress(Exception):
             await incoming.requeue()
+        return "failed"
 
     async def _failed(
         self, incoming: Incoming, error: CodecError | HandlerError, *, invalid: bool
-    ) -> None:
+    ) -> str:
         meta = incoming.meta
         cause = _cause(error)
         log = self._log_extra(meta)
@@ -289,13 +312,13 @@ class QueuedConsumer(Consumer[T]):
             if invalid:
                 logger.warning("invalid message dead-lettered: %s", error, extra=log)
                 await self._dead_letter(incoming, cause, "invalid")
-                return
+                return "invalid"
             if meta.attempt > self.max_retries:
                 logger.error(
                     "message dead-lettered after %d attempts: %s", meta.attempt, cause, extra=log
                 )
                 await self._dead_letter(incoming, cause, "max-retries")
-                return
+                return "dead_lettered"
         # A retry; on a DLQ consumer, back to the tail of the same DLQ.
         delay = backoff_delay(meta.attempt, self.retry_delay, self.max_retry_delay)
         if self.is_dead_letter_queue:
@@ -314,6 +337,7 @@ class QueuedConsumer(Consumer[T]):
             meta, attempt=meta.attempt + 1, headers=carried(meta.headers)
         )
         await incoming.publish(self.queue.name, again, delay)
+        return "retried"
 
     async def _dead_letter(self, incoming: Incoming, cause: BaseException, reason: str) -> None:
         meta = incoming.meta
@@ -353,7 +377,16 @@ class QueuedConsumer(Consumer[T]):
             logger.warning("reply not sent: %s", exc, extra=self._log_extra(meta))
 
     def _log_extra(self, meta: Metadata) -> dict[str, object]:
-        return {"queue": self.queue.name, "message_id": meta.id, "attempt": meta.attempt}
+        extra: dict[str, object] = {
+            "queue": self.queue.name,
+            "message_id": meta.id,
+            "attempt": meta.attempt,
+            "transport": self.transport,
+        }
+        trace_id = _telemetry.current_trace_id()
+        if trace_id is not None:
+            extra["trace_id"] = trace_id
+        return extra
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -11,15 +11,26 @@ carries its `/healthz`; otherwise the runner serves `/healthz` itself (`_health`
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, NamedTuple
 
+import msgspec
+
+from streamtools import _telemetry
 from streamtools._base import Capabilities, Consumer, Producer
 from streamtools._contracts import resolve_queue
-from streamtools._health import HEALTH_PATH, ServesPort, health_endpoint, serve_endpoints
+from streamtools._health import (
+    HEALTH_PATH,
+    Answer,
+    ServesPort,
+    health_endpoint,
+    serve_endpoints,
+)
 from streamtools._registry import CONSUMER_LOOPS, PRODUCERS
 from streamtools._types import Handler, Queue, T
 from streamtools.errors import ConfigurationError, StreamtoolsError, UnknownQueueError
@@ -281,6 +292,8 @@ class ConsumerRunner:
         host: str | None = None,
         *,
         shutdown_timeout: float = 30.0,
+        metrics: bool | None = None,
+        metrics_registry: Any = None,
     ) -> None:
         self.consumers: list[Consumer[Any]] = list(
             consumers.values() if isinstance(consumers, Mapping) else consumers
@@ -303,6 +316,11 @@ class ConsumerRunner:
         self.port = port
         self.host = host
         self.shutdown_timeout = shutdown_timeout
+        # Metrics: on when prometheus-client is installed (metrics=None), or as asked.
+        self.metrics = _prometheus_installed() if metrics is None else bool(metrics)
+        self.metrics_registry = metrics_registry
+        if self.metrics:
+            _telemetry.enable_metrics(metrics_registry)  # a ConfigurationError if missing
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         """Called after the consumers stopped, e.g. a producer's `close`, like aiohttp's
         `on_cleanup`: handlers may still send until then."""
@@ -349,15 +367,18 @@ class ConsumerRunner:
     async def _serve_endpoints(self) -> Callable[[], Awaitable[None]] | None:
         """Mount /healthz on the consumers that serve a port, or serve it here: the stop of
         the runner's own server, or None when the consumers carry it."""
-        endpoint = health_endpoint(self.health)
+        endpoints = {HEALTH_PATH: health_endpoint(self.health)}
+        if self.metrics:
+            endpoints[METRICS_PATH] = _metrics_endpoint
         served = [s for s in map(_port_server, self.consumers) if s is not None]
         for consumer in served:
-            consumer.mount(HEALTH_PATH, endpoint)
+            for path, endpoint in endpoints.items():
+                consumer.mount(path, endpoint)
         if served:
             return None
         assert self.port is not None  # serve() checked
         self.health_port, stop = await serve_endpoints(
-            {HEALTH_PATH: endpoint}, host=self.host or "localhost", port=self.port
+            endpoints, host=self.host or "localhost", port=self.port
         )
         return stop
 
@@ -379,9 +400,10 @@ class ConsumerRunner:
                 # With port=0 the first binds a port; the others then share its server.
                 shared_port = self.health_port = served.port
             logger.info(
-                "serving %s on %s",
+                "serving %s on %s: %r",
                 consumer.queue.name,
                 consumer.transport,
+                consumer,  # its repr names the host and port, or the broker (redacted)
                 extra={"queue": consumer.queue.name, "transport": consumer.transport},
             )
 
@@ -403,9 +425,15 @@ class ConsumerRunner:
         configured logging itself.
         """
         if not logging.getLogger().handlers:
-            logging.basicConfig(
-                level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-            )
+            if os.environ.get("STREAMTOOLS_LOG_FORMAT", "").lower() == "json":
+                handler = logging.StreamHandler()
+                handler.setFormatter(JsonFormatter())
+                logging.basicConfig(level=logging.WARNING, handlers=[handler])
+            else:
+                logging.basicConfig(
+                    level=logging.WARNING,
+                    format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                )
             logging.getLogger("streamtools.runner").setLevel(logging.INFO)
         try:
             asyncio.run(self.serve())
@@ -413,3 +441,44 @@ class ConsumerRunner:
             notes: list[str] = getattr(exc, "__notes__", [])
             print(f"error: {': '.join([*notes, str(exc)])}", file=sys.stderr)
             raise SystemExit(1) from None
+
+
+METRICS_PATH = "/metrics"
+
+
+def _prometheus_installed() -> bool:
+    return importlib.util.find_spec("prometheus_client") is not None
+
+
+def _metrics_endpoint() -> Answer:
+    body, content_type = _telemetry.metrics_answer()
+    return Answer(200, body, content_type)
+
+
+# The attributes every LogRecord has; the rest are a line's `extra=` fields.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the line's fields
+    (queue, message_id, transport, trace_id, ...). `STREAMTOOLS_LOG_FORMAT=json` selects it
+    in `ConsumerRunner.run()`'s own logging setup."""
+
+    _encode = staticmethod(msgspec.json.Encoder().encode)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                line[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return self._encode(line).decode()

@@ -346,6 +346,13 @@ class KafkaProducer(Producer[T]):
     """
 
     transport = TRANSPORT
+    messaging_system = "kafka"
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """The first bootstrap server."""
+        host, _, port = self._settings.bootstrap_servers.split(",")[0].rpartition(":")
+        return host, int(port) if port.isdigit() else 9092
 
     def __init__(
         self,
@@ -430,6 +437,8 @@ class KafkaProducer(Producer[T]):
             built = BINDING.constant(meta.type, meta.source, meta.content_type)
             constant = self._constant[cache_key] = [(k, v.encode()) for k, v in built.items()]
         headers = [(BINDING.id, meta.id.encode()), (BINDING.time, meta.time.encode()), *constant]
+        if meta.headers:  # the trace context, when tracing
+            headers.extend((k, v.encode()) for k, v in meta.headers.items())
         if extra:
             headers.extend((k, v.encode()) for k, v in extra.items())
         return headers
@@ -482,6 +491,17 @@ class _Incoming(Incoming):
         self.offset = offset
         self.key = key
 
+    @property
+    def span_attributes(self) -> dict[str, object]:
+        attributes: dict[str, object] = {
+            "messaging.consumer.group.name": self.consumer.group,
+            "messaging.destination.partition.id": str(self.tp.partition),
+            "messaging.kafka.offset": self.offset,
+        }
+        if self.key is not None:
+            attributes["messaging.kafka.message.key"] = self.key.decode("utf-8", "replace")
+        return attributes
+
     def _owned(self) -> bool:
         # After a rebalance took the partition away, the new owner handles the record.
         return self.consumer._partitions.get(self.tp) is self.partition
@@ -533,6 +553,14 @@ class KafkaConsumer(QueuedConsumer[T]):
     """
 
     transport = TRANSPORT
+    messaging_system = "kafka"
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """The first bootstrap server."""
+        host, _, port = self._settings.bootstrap_servers.split(",")[0].rpartition(":")
+        return host, int(port) if port.isdigit() else 9092
+
     capabilities = Capabilities(
         queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=False
     )

@@ -97,6 +97,7 @@ class MemoryProducer(Producer[T]):
     """Sends to a queue of the in-process broker; `send` waits while the queue is full."""
 
     transport = "MemoryHandler"
+    messaging_system = "streamtools.memory"
 
     def __init__(
         self,
@@ -189,6 +190,7 @@ class MemoryConsumer(QueuedConsumer[T]):
     """Competing consumer on a queue of the in-process broker."""
 
     transport = "MemoryHandler"
+    messaging_system = "streamtools.memory"
     capabilities = Capabilities(
         queued=True, persistent=False, redelivery=True, dead_letter=True, request_reply=True
     )

@@ -849,6 +849,12 @@ def _properties(
     )
 
 
+def _address(link: _Link, settings: _Settings) -> tuple[str, int]:
+    connection = link.connection
+    url = connection.url if connection is not None else settings.url
+    return url.host or "", url.port or 5672
+
+
 # --- producer --------------------------------------------------------------------------------
 
 
@@ -865,6 +871,12 @@ class RabbitMQProducer(Producer[T]):
     """
 
     transport = "RMQIOHandler"
+    messaging_system = "rabbitmq"
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """The broker this endpoint is connected to now (the first address before)."""
+        return _address(self._link, self._settings)
 
     def __init__(
         self,
@@ -998,6 +1010,10 @@ class _Incoming(Incoming):
     def wants_reply(self) -> bool:
         return bool(self.message.reply_to)
 
+    @property
+    def span_attributes(self) -> dict[str, object]:
+        return {"messaging.rabbitmq.message.delivery_tag": self.message.delivery_tag or 0}
+
     async def publish(self, target: str, meta: Metadata, delay: float) -> None:
         consumer = self.consumer
         expiration: float | None = None
@@ -1094,6 +1110,13 @@ class RabbitMQConsumer(QueuedConsumer[T]):
     """
 
     transport = "RMQIOHandler"
+    messaging_system = "rabbitmq"
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """The broker this endpoint is connected to now (the first address before)."""
+        return _address(self._link, self._settings)
+
     capabilities = Capabilities(
         queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=True
     )

@@ -13,7 +13,7 @@ from typing import Final
 from aiohttp import web
 from yarl import URL
 
-from streamtools import _settings
+from streamtools import _settings, _telemetry
 from streamtools._base import Capabilities, Consumer, Route, encode_reply
 from streamtools._binding import CE
 from streamtools._codec import CONTENT_TYPES, JSON, Metadata, type_name
@@ -93,6 +93,7 @@ class HTTPConsumer(Consumer[T]):
     """
 
     transport = _config.TRANSPORT
+    messaging_system = "streamtools.http"
     capabilities = Capabilities(
         queued=False,
         persistent=False,
@@ -372,6 +373,21 @@ class HTTPConsumer(Consumer[T]):
     async def _handle(
         self, request: web.BaseRequest, method: str, meta: Metadata, reply_type: str
     ) -> tuple[Outcome, bool]:
+        """Decode and run the handler (traced and counted when telemetry is on)."""
+        if not _telemetry.active():
+            return await self._handle_request(request, method, meta, reply_type)
+        attributes = {"http.request.method": method, "url.path": request.path}
+        with self._processing(meta, attributes, carrier=request.headers) as observed:
+            outcome, handled = await self._handle_request(request, method, meta, reply_type)
+            status = outcome.status
+            observed.outcome = "ok" if status < 400 else "failed" if status >= 500 else "invalid"
+            if status >= 400:
+                observed.error = _Rejected(f"HTTP {status}")
+            return outcome, handled
+
+    async def _handle_request(
+        self, request: web.BaseRequest, method: str, meta: Metadata, reply_type: str
+    ) -> tuple[Outcome, bool]:
         """Decode and run the handler: (outcome, whether the handler ran).
 
         The status mapping is HTTP's own: bad input 400/422, the handler raised 500.
@@ -425,3 +441,7 @@ class HTTPConsumer(Consumer[T]):
             return False
         given = header[7:].strip().encode("utf-8", "surrogateescape")
         return hmac.compare_digest(given, self._token_bytes)
+
+
+class _Rejected(Exception):
+    """What a trace records for an answer that is an error status."""

@@ -126,6 +126,7 @@ class HTTPProducer(Producer[T]):
     """
 
     transport = _config.TRANSPORT
+    messaging_system = "streamtools.http"
 
     def __init__(
         self,
@@ -299,6 +300,8 @@ class HTTPProducer(Producer[T]):
         headers = target.headers.copy()
         headers[CE.id] = meta.id
         headers[CE.time] = meta.time
+        if meta.headers:  # the trace context, when tracing
+            headers.update(meta.headers)
         attempt = 0
         while True:
             attempt += 1
