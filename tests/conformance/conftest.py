@@ -7,7 +7,7 @@ instead of being silently skipped.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -110,3 +110,23 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     yield h
     if h.cleanup is not None:
         await h.cleanup(sorted(set(h.used_queues)))
+
+
+@pytest.fixture
+def traced() -> Iterator[Any]:
+    """streamtools' spans recorded by the real OpenTelemetry SDK, in memory."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from streamtools import configure_tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    configure_tracing(provider)
+    try:
+        yield exporter
+    finally:
+        configure_tracing(None)
+        provider.shutdown()

@@ -713,3 +713,133 @@ async def test_a_message_over_max_message_size_is_dead_lettered_unread(harness: 
     assert msg.seq == 1
     assert meta.headers["x-death-reason"] == "invalid"
     assert "over max_message_size (300)" in meta.headers["x-error-message"]
+
+
+async def test_one_trace_runs_from_send_to_process(harness: Harness, traced: Any) -> None:
+    """A PRODUCER span around send, a CONSUMER span around processing whose parent is the
+    send (the context travelled with the message), the handler inside it; a retry joins the
+    same trace as another child of the same send."""
+    from opentelemetry import trace
+
+    queue = new_queue()
+    seen: list[tuple[int, int]] = []
+    attempts: Counter[int] = Counter()
+    consumer = harness.consumer(queue)
+    fails_once = harness.capabilities.redelivery
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        context = trace.get_current_span().get_span_context()
+        seen.append((context.trace_id, context.span_id))
+        attempts[msg.seq] += 1
+        if fails_once and msg.seq == 2 and attempts[2] == 1:
+            raise RuntimeError("fails once")
+
+    await consumer.start()
+    try:
+        async with harness.producer(queue, consumer) as producer:
+            first = await producer.send(make_message(1))
+            second = await producer.send(make_message(2))
+        async with asyncio.timeout(WAIT):
+            while len(seen) < (3 if fails_once else 2):  # noqa: ASYNC110 - a plain list
+                await asyncio.sleep(0.01)
+    finally:
+        await consumer.close()
+    spans = traced.get_finished_spans()
+    sends = {
+        s.attributes["messaging.message.id"]: s for s in spans if s.name == f"send {queue.name}"
+    }
+    processes = [s for s in spans if s.name == f"process {queue.name}"]
+    assert set(sends) == {first, second}
+    assert all(s.kind is trace.SpanKind.PRODUCER for s in sends.values())
+    for process in processes:
+        assert process.kind is trace.SpanKind.CONSUMER
+        send = sends[process.attributes["messaging.message.id"]]
+        assert process.parent is not None
+        assert process.parent.span_id == send.context.span_id
+        assert process.context.trace_id == send.context.trace_id
+        assert process.attributes["messaging.system"] == consumer.messaging_system
+        assert process.attributes["messaging.destination.name"] == queue.name
+    # The handler ran inside its process span.
+    assert {(p.context.trace_id, p.context.span_id) for p in processes} >= set(seen)
+    outcomes = sorted(
+        (p.attributes["messaging.message.id"], p.attributes["streamtools.outcome"])
+        for p in processes
+    )
+    expected = [(first, "ok"), (second, "ok")]
+    if fails_once:
+        expected.append((second, "retried"))
+    assert outcomes == sorted(expected)
+
+
+async def test_metrics_on_the_runner_count_sends_and_outcomes(harness: Harness) -> None:
+    """`GET /metrics` on a running ConsumerRunner, parsed with prometheus_client: after N
+    sends with k poison messages the counters read exactly what happened."""
+    import aiohttp
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamtools import ConsumerRunner, DeliveryError
+
+    queue = new_queue()
+    consumer = harness.consumer(queue)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        if msg.tag == "poison":
+            raise RuntimeError("poison")
+
+    registry = CollectorRegistry()
+    runner = ConsumerRunner([consumer], port=0, host="127.0.0.1", metrics_registry=registry)
+    serving = asyncio.create_task(runner.serve())
+    sent, poison = 6, 2
+    try:
+        async with asyncio.timeout(WAIT):
+            while not consumer.serving or runner.health_port is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        async with harness.producer(queue, consumer) as producer:
+            for n in range(sent):
+                msg = make_message(n, tag="poison" if n < poison else "")
+                try:
+                    await producer.send(msg)
+                except DeliveryError:
+                    assert not harness.capabilities.queued  # HTTP: the handler's 500
+        if harness.capabilities.dead_letter:
+            await read_dead_letters(harness, queue, ConfMessage, poison)
+
+        def value(families: dict[str, Any], name: str, **labels: str) -> float:
+            for sample in families[name].samples:
+                if sample.name.endswith("_total") and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+            return 0.0
+
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(WAIT):
+                while True:  # the last settle may trail the dead-letter read by a moment
+                    url = f"http://127.0.0.1:{runner.health_port}/metrics"
+                    async with session.get(url) as response:
+                        assert response.status == 200
+                        text = await response.text()
+                    families = {f.name: f for f in text_string_to_metric_families(text)}
+                    ok = value(
+                        families, "streamtools_messages_processed", queue=queue.name, outcome="ok"
+                    )
+                    if ok == sent - poison:
+                        break
+                    await asyncio.sleep(0.05)
+    finally:
+        runner.stop()
+        await serving
+    labels = {"queue": queue.name, "transport": consumer.transport}
+    processed = "streamtools_messages_processed"
+    accepted = sent if harness.capabilities.queued else sent - poison
+    assert value(families, "streamtools_messages_sent", **labels) == accepted
+    assert value(families, processed, outcome="ok", **labels) == sent - poison
+    if harness.capabilities.dead_letter:
+        assert value(families, processed, outcome="dead_lettered", **labels) == poison
+        # max_retries=2 in the harness: two retries of each poison message
+        assert value(families, processed, outcome="retried", **labels) == 2 * poison
+    else:
+        assert value(families, processed, outcome="failed", **labels) == poison
