@@ -27,5 +27,11 @@ def builders(quick: bool) -> list[Callable[[], list[Case]]]:
         found.append(lambda: kafka.consume_cases(5_000 * scale))
     else:
         print("(Kafka cases skipped: install streamtools[kafka])")
+    if importlib.util.find_spec("opentelemetry.sdk") and importlib.util.find_spec(
+        "prometheus_client"
+    ):
+        from benchmarks import telemetry
+
+        found.append(lambda: telemetry.cases(5_000 * scale))
     found.append(lambda: rss.cases(10_000, 60_000 if quick else 200_000))
     return found

@@ -113,6 +113,27 @@ class _Metrics:
             labels,
             registry=registry,
         )
+        self._children: dict[tuple[str, str], _Children] = {}
+
+    def of(self, transport: str, queue: str) -> _Children:
+        """The labelled children of one (transport, queue), looked up once."""
+        children = self._children.get((transport, queue))
+        if children is None:
+            children = self._children[(transport, queue)] = _Children(self, transport, queue)
+        return children
+
+
+class _Children:
+    __slots__ = ("in_flight", "process_duration", "processed", "send_duration", "sent")
+
+    def __init__(self, metrics: _Metrics, transport: str, queue: str) -> None:
+        self.sent = metrics.sent.labels(transport, queue)
+        self.send_duration = metrics.send_duration.labels(transport, queue)
+        self.process_duration = metrics.process_duration.labels(transport, queue)
+        self.in_flight = metrics.in_flight.labels(transport, queue)
+        self.processed = {
+            outcome: metrics.processed.labels(transport, queue, outcome) for outcome in OUTCOMES
+        }
 
 
 _metrics: _Metrics | None = None
@@ -155,7 +176,7 @@ def metrics_answer() -> tuple[bytes, str]:
 def in_flight(consumer: Consumer[Any], change: int) -> None:
     metrics = _metrics
     if metrics is not None:
-        metrics.in_flight.labels(consumer.transport, consumer.queue.name).inc(change)
+        metrics.of(consumer.transport, consumer.queue.name).in_flight.inc(change)
 
 
 # --- the two places everything is emitted ----------------------------------------------------
@@ -207,9 +228,9 @@ def sending(
             ]
     metrics = _metrics
     if metrics is not None:
-        labels = (producer.transport, producer.queue.name)
-        metrics.sent.labels(*labels).inc(len(metas))
-        metrics.send_duration.labels(*labels).observe(time.perf_counter() - started)
+        children = metrics.of(producer.transport, producer.queue.name)
+        children.sent.inc(len(metas))
+        children.send_duration.observe(time.perf_counter() - started)
 
 
 class Processing:
@@ -272,9 +293,9 @@ def processing(
                     span.set_status(_trace.Status(_trace.StatusCode.ERROR, str(observed.error)))
     metrics = _metrics
     if metrics is not None:
-        labels = (consumer.transport, consumer.queue.name)
-        metrics.processed.labels(*labels, observed.outcome).inc()
-        metrics.process_duration.labels(*labels).observe(time.perf_counter() - started)
+        children = metrics.of(consumer.transport, consumer.queue.name)
+        children.processed[observed.outcome].inc()
+        children.process_duration.observe(time.perf_counter() - started)
 
 
 def current_trace_id() -> str | None:
