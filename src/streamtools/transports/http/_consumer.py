@@ -253,6 +253,19 @@ class HTTPConsumer(Consumer[T]):
         """Answer one request routed to this consumer."""
         checked = self._check(request, method)
         if isinstance(checked, web.StreamResponse):
+            if checked.status != 503:  # refusals while stopping are not the sender's fault
+                logger.info(
+                    "rejected a request to /%s with %d: %s",
+                    self.queue.name,
+                    checked.status,
+                    checked.reason,
+                    extra={
+                        "queue": self.queue.name,
+                        "transport": self.transport,
+                        "method": method,
+                        "status": checked.status,
+                    },
+                )
             return checked
         if self._active >= self.max_in_flight:
             return error(
@@ -407,8 +420,10 @@ class HTTPConsumer(Consumer[T]):
                 return self._too_large(), False
             reply = await self._process(self._by_method[method], body, meta)
         except ValidationError as exc:
+            self._log_rejection(422, str(exc), meta, method)
             return error_outcome(422, "validation", str(exc), path=exc.path), False
         except DecodeError as exc:
+            self._log_rejection(400, str(exc), meta, method)
             return error_outcome(400, "malformed", str(exc)), False
         except TimeoutError:
             detail = f"the request body did not arrive within {self.body_timeout:g} s"
@@ -428,8 +443,29 @@ class HTTPConsumer(Consumer[T]):
         return Outcome(200, encoded, reply_type), True
 
     def _log_failure(self, text: str, meta: Metadata, method: str, exc: BaseException) -> None:
-        extra = {"queue": self.queue.name, "message_id": meta.id, "method": method}
-        logger.error(text, meta.id, exc_info=exc, extra=extra)
+        logger.error(text, meta.id, exc_info=exc, extra=self._log_extra(meta, method))
+
+    def _log_rejection(self, status: int, reason: str, meta: Metadata, method: str) -> None:
+        # Once per rejected request, at INFO: what the sender got and why (never the body).
+        logger.info(
+            "rejected message %s with %d: %s",
+            meta.id,
+            status,
+            reason,
+            extra={**self._log_extra(meta, method), "status": status},
+        )
+
+    def _log_extra(self, meta: Metadata, method: str) -> dict[str, object]:
+        extra: dict[str, object] = {
+            "queue": self.queue.name,
+            "message_id": meta.id,
+            "transport": self.transport,
+            "method": method,
+        }
+        trace_id = _telemetry.current_trace_id()
+        if trace_id is not None:
+            extra["trace_id"] = trace_id
+        return extra
 
     def _too_large(self) -> Outcome:
         return error_outcome(
