@@ -69,7 +69,7 @@ _KAFKA_CONTENT_TYPE: Final[dict[str, Any]] = {
     "application/json.",
 }
 _DEAD_LETTER_HEADERS: Final[dict[str, Any]] = {
-    "x-death-reason": {"type": "string", "enum": ["invalid", "max-retries"]},
+    "x-death-reason": {"type": "string", "enum": ["invalid", "max-retries", "internal"]},
     "x-error-type": {"type": "string", "description": "The error's class name."},
     "x-error-message": {"type": "string", "description": "What failed (the field path)."},
     "x-attempts": {"type": "string", "description": "Deliveries before dead-lettering."},
