@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from streamtools import CONSUMER_LOOPS, HTTP, KAFKA, PRODUCERS, RMQ, Queue, configure_tracing
-from tests.conftest import unique_name
+from streamtools import HTTP, KAFKA, PRODUCERS, RMQ, HandlerFactory, Queue, configure_tracing
+from tests.conftest import free_port, unique_name
 from tests.support.queues import delete_queues
 
 WAIT = 60.0
@@ -79,43 +79,57 @@ async def downstream(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str,
         yield KAFKA, {"bootstrap_servers": servers, "name": unique_name("st-trace")}
 
 
-async def test_one_trace_from_an_http_request_through_a_bridge_to_a_broker(
+async def test_one_trace_through_the_handler_factory_bridge_to_a_broker(
     spans: InMemorySpanExporter, downstream: tuple[str, dict[str, Any]]
 ) -> None:
     transport, settings = downstream
     name = settings.pop("name")
-    broker_queue: Queue[Order] = Queue(name, Order)
-    http_queue: Queue[Order] = Queue(unique_name("st-trace-in"), Order)
+    broker_queue: Queue[Any] = Queue(name, object)
+    http_queue: Queue[Any] = Queue(unique_name("st-trace-in"), object)
     landed: list[tuple[int, int]] = []
     arrived = asyncio.Event()
 
-    sink = CONSUMER_LOOPS[transport](broker_queue, **settings)
+    port = free_port()
+    # The seed's HandlerFactory shape: HTTP in, the broker out.
+    factory = HandlerFactory(
+        {
+            "in": {
+                "name": http_queue.name,
+                "consumer_loop": HTTP,
+                "producer": HTTP,
+                "consumer_settings": {"host": "127.0.0.1", "port": port},
+                "producer_settings": {"host": "127.0.0.1", "port": port},
+            },
+            "out": {
+                "name": broker_queue.name,
+                "consumer_loop": transport,
+                "producer": transport,
+                "consumer_settings": settings,
+                "producer_settings": settings,
+            },
+        }
+    )
+    entry, out = factory["in"], factory["out"]
 
-    @sink()
-    async def land(msg: Order) -> None:
+    @out.consumer()
+    async def land(msg: dict[str, int]) -> None:
         context = trace.get_current_span().get_span_context()
-        landed.append((msg.n, context.trace_id))
+        landed.append((msg["n"], context.trace_id))
         arrived.set()
 
-    onward = PRODUCERS[transport](broker_queue, **settings)
-    bridge = CONSUMER_LOOPS[HTTP](http_queue, host="127.0.0.1", port=0)
+    @entry.consumer()
+    async def forward(msg: dict[str, int]) -> None:
+        await out.producer.send(msg)
 
-    @bridge()
-    async def forward(msg: Order) -> None:
-        await onward.send(msg)
-
-    await sink.start()
-    await onward.a_init()
-    await bridge.start()
+    await factory.a_init()
+    await out.consumer.start()
+    await entry.consumer.start()
     try:
-        async with PRODUCERS[HTTP](http_queue, host="127.0.0.1", port=bridge.port) as entry:  # type: ignore[attr-defined]
-            sent_id = await entry.send(Order(n=7))
+        sent_id = await entry.producer.send({"n": 7})
         async with asyncio.timeout(WAIT):
             await arrived.wait()
     finally:
-        await bridge.close()
-        await onward.close()
-        await sink.close()
+        await factory.close()
     finished = list(spans.get_finished_spans())
     http_send = _named(finished, f"send {http_queue.name}")
     http_process = _named(finished, f"process {http_queue.name}")
@@ -148,7 +162,7 @@ async def test_one_trace_from_an_http_request_through_a_bridge_to_a_broker(
     assert broker_send[0].parent.span_id == http_process[0].context.span_id
     assert descends(broker_process[0], broker_send[0])
     assert broker_process[0].attributes is not None
-    assert broker_process[0].attributes["messaging.system"] == sink.messaging_system
+    assert broker_process[0].attributes["messaging.system"] == out.consumer.messaging_system
     assert broker_process[0].attributes["streamtools.outcome"] == "ok"
 
 
