@@ -54,7 +54,8 @@ from yarl import URL
 
 from streamtools._base import Capabilities, Producer
 from streamtools._binding import CE, content_type
-from streamtools._codec import Metadata, type_name
+from streamtools._codec import SPECVERSION, Metadata, type_name
+from streamtools._deadlines import Deadlines
 from streamtools._delivery import DeliveryLost, Incoming, QueuedConsumer
 from streamtools._settings import choice, integer, seconds
 from streamtools._types import Queue, T
@@ -531,6 +532,7 @@ class _Link:
         self.replies: dict[str, asyncio.Future[tuple[bytes, str]]] = {}
         # Further channels of this producer or consumer, closed with it.
         self.channels: list[aio_pika.abc.AbstractChannel] = []
+        self._deadlines = Deadlines()
 
     async def open(self) -> None:
         settings = self.settings
@@ -587,47 +589,52 @@ class _Link:
         assert self.channel is not None
         channel = self.channel
         last: BaseException | None = None
+        # The link's one deadline timer bounds this wait, reconnects included (not a timer
+        # per send: see streamtools._deadlines).
+        wait = self._deadlines.start(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                for attempt in itertools.count(1):
-                    if self.connection is None:
-                        raise PublishError(f"{what}: not sent, the {self.role} is closed")
-                    if delivery is not None and _channel_closed(delivery):
-                        raise DeliveryLost
-                    try:
-                        await channel.ready()
-                        underlay = await channel.get_underlay_channel()
-                        if reply:
-                            await self._consume_replies(underlay)
-                        await underlay.basic_publish(
-                            body,
-                            exchange="",
-                            routing_key=routing_key,
-                            properties=properties,
-                            mandatory=mandatory,
-                        )
-                        return
-                    except asyncio.CancelledError as exc:
-                        task = asyncio.current_task()
-                        if task is None or task.cancelling():
-                            raise
-                        last = exc  # aiormq cancelled a pending confirm: connection lost
-                    except Exception as exc:
-                        if not _transient(exc):
-                            raise _translate(exc, self.settings, what) from exc
-                        last = exc
-                    logger.info(
-                        "publish interrupted, publishing again: %s",
-                        _reason(last),
-                        extra={"queue": routing_key, "message_id": properties.message_id},
+            for attempt in itertools.count(1):
+                if self.connection is None:
+                    raise PublishError(f"{what}: not sent, the {self.role} is closed")
+                if delivery is not None and _channel_closed(delivery):
+                    raise DeliveryLost
+                try:
+                    await channel.ready()
+                    underlay = await channel.get_underlay_channel()
+                    if reply:
+                        await self._consume_replies(underlay)
+                    await underlay.basic_publish(
+                        body,
+                        exchange="",
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
                     )
-                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
-        except TimeoutError:
+                    return
+                except asyncio.CancelledError as exc:
+                    if wait.task.cancelling():
+                        raise
+                    last = exc  # aiormq cancelled a pending confirm: connection lost
+                except Exception as exc:
+                    if not _transient(exc):
+                        raise _translate(exc, self.settings, what) from exc
+                    last = exc
+                logger.info(
+                    "publish interrupted, publishing again: %s",
+                    _reason(last),
+                    extra={"queue": routing_key, "message_id": properties.message_id},
+                )
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        except asyncio.CancelledError:
+            if not wait.timed_out():
+                raise
             reason = f" (last error: {_reason(last)})" if last is not None else ""
             raise PublishError(
                 f"{what}: not confirmed by RabbitMQ at {self.settings.address} within "
                 f"{timeout} s{reason}; it may or may not have been stored"
             ) from last
+        finally:
+            self._deadlines.finish(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _consume_replies(self, underlay: aiormq.abc.AbstractChannel) -> None:
@@ -811,7 +818,23 @@ def _channel_closed(delivery: aio_pika.abc.AbstractIncomingMessage) -> bool:
         return True
 
 
+_second_text = ""
+_second: datetime | None = None
+
+
 def _timestamp(iso: str) -> datetime | None:
+    # AMQP timestamps are whole seconds: one datetime per second for streamtools' own times
+    # (`_codec._now`: 27 characters, microseconds, UTC), parsed in full for any other.
+    global _second_text, _second
+    if len(iso) == 27 and iso[19] == "." and iso[26] == "Z":
+        text = iso[:19]
+        if text != _second_text:
+            try:
+                _second = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            except ValueError:
+                return None
+            _second_text = text
+        return _second
     try:
         return datetime.fromisoformat(iso)
     except ValueError:
@@ -847,6 +870,47 @@ def _properties(
         timestamp=_timestamp(meta.time),
         message_type=meta.type,
     )
+
+
+class _Stamp:
+    """The properties of one producer's plain sends: the constant headers built once.
+
+    `type`, `source` and `specversion` are the same on every message of a producer; a send
+    adds only `ce-id` and `ce-time` (and trace headers, if any). A message whose metadata
+    differs (another source set since, a retried copy) takes the general `_properties`.
+    """
+
+    __slots__ = ("constant", "content_type", "source", "type")
+
+    def __init__(self, type_name: str, source: str, content_type: str) -> None:
+        self.type = type_name
+        self.source = source
+        self.content_type = content_type
+        constant = CE.constant(type_name, source)
+        # CE.write's order (id, type, source, specversion, time), kept on the wire.
+        self.constant = {k: constant[k] for k in (CE.type, CE.source, CE.specversion)}
+
+    def properties(self, meta: Metadata) -> aiormq.spec.Basic.Properties:
+        if (
+            meta.type != self.type
+            or meta.source != self.source
+            or meta.content_type != self.content_type
+            or meta.specversion != SPECVERSION
+            or meta.attempt != 1
+        ):
+            return _properties(meta)
+        headers: dict[str, object] = {CE.id: meta.id, **self.constant, CE.time: meta.time}
+        if meta.headers:
+            headers.update(meta.headers)
+        return aiormq.spec.Basic.Properties(
+            content_type=meta.content_type,
+            headers=headers,  # type: ignore[arg-type]  # pamqp's FieldTable is invariant
+            delivery_mode=_PERSISTENT,
+            priority=0,
+            message_id=meta.id,
+            timestamp=_timestamp(meta.time),
+            message_type=meta.type,
+        )
 
 
 def _address(link: _Link, settings: _Settings) -> tuple[str, int]:
@@ -900,6 +964,7 @@ class RabbitMQProducer(Producer[T]):
             type(self).__name__, "send_timeout", send_timeout, positive=True
         )
         self._link = _Link(self._settings, f"producer {self.queue.name}")
+        self._stamp = _Stamp(self._codec.type_name, self.source, self._codec.content_type)
 
     def __repr__(self) -> str:
         return f"RabbitMQProducer({self.queue.name!r}, url={self._settings.redacted!r})"
@@ -943,10 +1008,14 @@ class RabbitMQProducer(Producer[T]):
         return dict(headers), (float(expiration) if expiration is not None else None)
 
     async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
-        headers, expiration = self._options(options)
+        if options:
+            headers, expiration = self._options(options)
+            properties = _properties(meta, headers=headers, expiration=expiration)
+        else:  # the common case: no option to parse, the constant headers prebuilt
+            properties = self._stamp.properties(meta)
         await self._link.publish(
             body,
-            _properties(meta, headers=headers, expiration=expiration),
+            properties,
             self.queue.name,
             timeout=self.send_timeout,
             what=f"message {meta.id} to queue {self.queue.name!r}",
@@ -955,7 +1024,7 @@ class RabbitMQProducer(Producer[T]):
     async def _request(
         self, body: bytes, meta: Metadata, timeout: float, options: Mapping[str, object]
     ) -> tuple[bytes, str]:
-        headers, expiration = self._options(options)
+        headers, expiration = self._options(options) if options else ({}, None)
         future: asyncio.Future[tuple[bytes, str]] = asyncio.get_running_loop().create_future()
         self._link.replies[meta.id] = future
         try:
