@@ -19,16 +19,22 @@ from types import MappingProxyType
 from typing import Any, Final, Generic
 
 import msgspec
+import msgspec.inspect as mi
 
 from streamtools._types import T
-from streamtools.errors import DecodeError, EncodeError, OutsideHandlerError, ValidationError
+from streamtools.errors import (
+    DecodeError,
+    EncodeError,
+    OutsideHandlerError,
+    ValidationError,
+)
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
 CONTENT_TYPES: Final = (JSON, MSGPACK)
 SPECVERSION: Final = "1.0"
 
-_PATH_RE = re.compile(r" - at `(\$[^`]*)`$")
+_PATH_RE = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")  # a bad dict key: its dict
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
@@ -131,16 +137,85 @@ def error_path(exc: msgspec.ValidationError) -> str:
     return match.group(1) if match else ""
 
 
+# What decoding checks beyond the declared type, per msgspec.inspect node. Types not named
+# here (Literal, Enum, custom and extension types, anything msgspec adds later) count as
+# constrained: checked, never skipped by mistake.
+_PLAIN: Final = (
+    mi.AnyType,
+    mi.NoneType,
+    mi.BoolType,
+    mi.UUIDType,
+    mi.DecimalType,
+    mi.DateType,
+    mi.TimeDeltaType,
+    mi.RawType,
+)
+_BOUNDS: Final = ("gt", "ge", "lt", "le", "multiple_of")
+_LENGTHS: Final = ("min_length", "max_length")
+_FIELDS: Final = (mi.StructType, mi.DataclassType, mi.TypedDictType, mi.NamedTupleType)
+
+
+def has_constraints(message_type: type[Any], content_type: str = JSON) -> bool:
+    """Whether decoding `message_type` can fail on a value of the declared type: a bound, a
+    length, a pattern, a timezone requirement, a Literal or Enum, a `__post_init__`, a JSON
+    float (NaN and infinities are encoded as null), or a type not listed here (to be safe).
+    """
+    return _constrained(mi.type_info(message_type), content_type == JSON, set())
+
+
+def _constrained(node: mi.Type, json: bool, seen: set[type[Any]]) -> bool:
+    if isinstance(node, _PLAIN):
+        return False
+    if isinstance(node, mi.FloatType) and json:
+        return True
+    if isinstance(node, mi.IntType | mi.FloatType):
+        return any(getattr(node, name) is not None for name in _BOUNDS)
+    if isinstance(node, mi.StrType) and node.pattern is not None:
+        return True
+    if isinstance(node, mi.StrType | mi.BytesType | mi.ByteArrayType | mi.MemoryViewType):
+        return any(getattr(node, name) is not None for name in _LENGTHS)
+    if isinstance(node, mi.DateTimeType | mi.TimeType):
+        return node.tz is not None
+    if isinstance(node, mi.CollectionType):  # list, set, frozenset, tuple[X, ...]
+        return any(getattr(node, name) is not None for name in _LENGTHS) or _constrained(
+            node.item_type, json, seen
+        )
+    if isinstance(node, mi.DictType | mi.FrozenDictType):
+        return (
+            any(getattr(node, name) is not None for name in _LENGTHS)
+            or _constrained(node.key_type, json, seen)
+            or _constrained(node.value_type, json, seen)
+        )
+    if isinstance(node, mi.TupleType):
+        return any(_constrained(item, json, seen) for item in node.item_types)
+    if isinstance(node, mi.UnionType):
+        return any(_constrained(member, json, seen) for member in node.types)
+    if isinstance(node, _FIELDS):
+        if node.cls in seen:  # a recursive type: its fields are being looked at already
+            return False
+        seen.add(node.cls)
+        if hasattr(node.cls, "__post_init__"):
+            return True
+        return any(_constrained(field.type, json, seen) for field in node.fields)
+    return True
+
+
 class Codec(Generic[T]):
     """Encoder and validating decoder for one message type and one content type."""
 
-    __slots__ = ("_decoder", "_encode", "_typed", "content_type", "message_type", "type_name")
+    __slots__ = (
+        "_checked",
+        "_decoder",
+        "_encode",
+        "content_type",
+        "message_type",
+        "type_name",
+    )
 
     def __init__(self, message_type: type[T], content_type: str = JSON) -> None:
         self.message_type = message_type
         self.content_type = content_type
         self.type_name = type_name(message_type)
-        self._typed = self.type_name != "json"
         self._decoder: msgspec.json.Decoder[T] | msgspec.msgpack.Decoder[T]
         if content_type == JSON:
             self._encode = _json_encoder.encode
@@ -152,12 +227,17 @@ class Codec(Generic[T]):
             raise ValueError(
                 f"unsupported content type {content_type!r}; use one of {CONTENT_TYPES}"
             )
+        # Decided once per type: whether `encode(validate=True)` needs its second pass.
+        self._checked = self.type_name != "json" and has_constraints(message_type, content_type)
 
     def encode(self, msg: T, *, validate: bool = True) -> bytes:
         """Serialise `msg`; with `validate`, check it against its schema first.
 
         msgspec Struct constructors check neither types nor constraints, so validation decodes
-        the encoded bytes once more: a wrong value is the sender's error, not the receiver's.
+        the encoded bytes once more: a value that breaks a constraint (a bound, a length, a
+        pattern, a timezone, a Literal or Enum) is the sender's error, not the receiver's. A
+        type with no constraints anywhere skips that pass: what it could still catch is a
+        wrong type, which is mypy's error at the sender (and the receiver's ValidationError).
         """
         try:
             data = self._encode(msg)
@@ -166,7 +246,7 @@ class Codec(Generic[T]):
                 f"cannot encode {self.type_name} message: {exc}; "
                 "fields must hold JSON-compatible values of their declared types"
             ) from exc
-        if validate and self._typed:
+        if validate and self._checked:
             try:
                 self._decoder.decode(data)
             except msgspec.ValidationError as exc:
