@@ -770,6 +770,10 @@ async def test_one_trace_runs_from_send_to_process(harness: Harness, traced: Any
     if fails_once:
         expected.append((second, "retried"))
     assert outcomes == sorted(expected)
+    for process in processes:
+        failed = process.attributes["streamtools.outcome"] == "retried"
+        assert (process.attributes.get("error.type") == "RuntimeError") is failed
+        assert (process.status.status_code is trace.StatusCode.ERROR) is failed
 
 
 async def test_metrics_on_the_runner_count_sends_and_outcomes(harness: Harness) -> None:
