@@ -847,3 +847,73 @@ async def test_metrics_on_the_runner_count_sends_and_outcomes(harness: Harness) 
         assert value(families, processed, outcome="retried", **labels) == 2 * poison
     else:
         assert value(families, processed, outcome="failed", **labels) == poison
+
+
+HOSTILE_BODIES = {
+    "1e400": b'{"seq": 1e400, "order_id": "%s", "created_at": "2026-01-01T00:00:00Z", '
+    b'"items": [{"sku": "ABC-123", "quantity": 1}]}',
+    "10**5000": b'{"seq": ' + b"9" * 5000 + b"}",
+    "invalid UTF-8": b'{"seq": 1, "tag": "\xff\xfe"}',
+    "BOM": b'\xef\xbb\xbf{"seq": 1}',
+    "duplicate keys": b'{"seq": 1, "seq": "two"}',
+    "not JSON": b"\x00\x01\x02 definitely not json",
+    "empty": b"",
+}
+
+
+async def test_hostile_bodies_are_refused_and_the_consumer_goes_on(harness: Harness) -> None:
+    """Each hostile body is refused (400/422, or dead-lettered `invalid`), never reaches the
+    handler, and the consumer serves the next normal message; counted by the metrics."""
+    if harness.send_foreign is None:
+        pytest.skip("nothing but streamtools sends on this transport")
+    from prometheus_client import CollectorRegistry
+
+    from streamtools import _telemetry, enable_metrics
+
+    previous = _telemetry._metrics
+    registry = CollectorRegistry()
+    enable_metrics(registry)
+    queue = new_queue()
+    consumer, got = collecting_consumer(harness, queue)
+    await consumer.start()
+    try:
+        for n, body in enumerate(HOSTILE_BODIES.values()):
+            await harness.send_foreign(consumer, body.replace(b"%s", str(uuid4()).encode()), {})
+            good = msgspec.json.encode(make_message(n))
+            await harness.send_foreign(consumer, good, {})
+
+            def arrived(n: int = n) -> bool:
+                return n in got.seqs
+
+            await got.wait_for(arrived, f"the normal message after attack {n}")
+    finally:
+        await consumer.close()
+        _telemetry._metrics = previous
+    assert got.seqs == set(range(len(HOSTILE_BODIES)))
+    invalid = registry.get_sample_value(
+        "streamtools_messages_processed_total",
+        {"transport": consumer.transport, "queue": queue.name, "outcome": "invalid"},
+    )
+    assert invalid == len(HOSTILE_BODIES)
+
+
+async def test_a_poison_storm_ends_in_the_dead_letter_queue(harness: Harness) -> None:
+    if not harness.capabilities.dead_letter:
+        pytest.skip("transport has no dead-letter queue")
+    queue = new_queue()
+    consumer = harness.consumer(queue, max_retries=0)
+
+    @consumer()
+    async def handle(msg: ConfMessage) -> None:
+        raise RuntimeError("poison")
+
+    storm = 300
+    await consumer.start()
+    try:
+        async with harness.producer(queue) as producer:
+            ids = await producer.send_many([make_message(n, tag="poison") for n in range(storm)])
+        dead = await read_dead_letters(harness, queue, ConfMessage, storm)
+    finally:
+        await consumer.close()
+    assert sorted(meta.id for _, meta in dead) == sorted(ids)
+    assert {meta.headers["x-death-reason"] for _, meta in dead} == {"max-retries"}
