@@ -50,6 +50,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from streamtools._base import Capabilities, Producer
 from streamtools._binding import HeaderBinding
 from streamtools._codec import Metadata, type_name
+from streamtools._deadlines import Deadlines
 from streamtools._delivery import DeliveryLost, Incoming, QueuedConsumer, dead_letter_queue
 from streamtools._settings import choice, integer, seconds
 from streamtools._types import Queue, T
@@ -249,6 +250,7 @@ class _Client:
         self.idempotence = idempotence
         self.role = role
         self.producer: aiokafka.AIOKafkaProducer | None = None
+        self._deadlines = Deadlines()
 
     async def start(self, timeout: float) -> None:
         wanted = [True, False] if self.idempotence is None else [self.idempotence]
@@ -302,27 +304,32 @@ class _Client:
         producer = self.producer
         if producer is None:
             raise PublishError(f"{what}: not sent, the {self.role} is closed")
+        # The client's one deadline timer bounds the wait (see streamtools._deadlines).
+        wait = self._deadlines.start(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    try:
-                        await producer.send_and_wait(topic, body, key=key, headers=headers)
-                        return
-                    except _RETRIABLE as exc:
-                        # aiokafka gave up on this batch; the connection may come back.
-                        logger.info(
-                            "produce interrupted, producing again: %s",
-                            exc,
-                            extra={"queue": topic},
-                        )
-                        await asyncio.sleep(0.2)
-        except TimeoutError:
+            while True:
+                try:
+                    await producer.send_and_wait(topic, body, key=key, headers=headers)
+                    return
+                except _RETRIABLE as exc:
+                    # aiokafka gave up on this batch; the connection may come back.
+                    logger.info(
+                        "produce interrupted, producing again: %s",
+                        exc,
+                        extra={"queue": topic},
+                    )
+                    await asyncio.sleep(0.2)
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not wait.timed_out():
+                raise
             raise PublishError(
                 f"{what}: not acknowledged by {self.settings.where} within {timeout} s; it "
                 "may or may not have been stored"
             ) from None
         except aiokafka.errors.KafkaError as exc:
             raise PublishError(f"{what}: {self.settings.where} refused it: {exc}") from exc
+        finally:
+            self._deadlines.finish(wait)
 
     async def close(self) -> None:
         producer, self.producer = self.producer, None
