@@ -48,6 +48,7 @@ __all__ = ["Processing", "configure_tracing", "enable_metrics", "metrics_answer"
 OUTCOMES: Final = ("ok", "retried", "dead_lettered", "invalid", "failed")
 TRACE_HEADERS: Final = ("traceparent", "tracestate")
 
+_UNKNOWN: Final = object()
 _configured: Any = None  # a TracerProvider given to configure_tracing, else the global one
 _cached: tuple[Any, Any] | None = None  # (provider, its tracer)
 
@@ -63,7 +64,16 @@ def _tracer() -> Any | None:
     global _cached
     if _trace is None:
         return None
-    provider = _configured if _configured is not None else _trace.get_tracer_provider()
+    if _configured is not None:
+        provider = _configured
+    else:
+        # The API keeps the provider set by set_tracer_provider here; None means none was
+        # set (the common case, checked without a call). Read the public way otherwise.
+        provider = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
+        if provider is None:
+            return None
+        if provider is _UNKNOWN:
+            provider = _trace.get_tracer_provider()
     if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
         return None
     cached = _cached
