@@ -990,3 +990,40 @@ async def test_a_queue_locked_by_another_connection_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match="locked") as info:
         await consumer.a_init()
     assert "retrying will not help" in str(info.value)
+
+
+async def test_a_queue_deleted_under_a_running_consumer_comes_back_and_is_served(
+    rabbitmq_url: str, queue: str, raw: aio_pika.abc.AbstractChannel
+) -> None:
+    """A purge or a delete of the consumer's own queue: the broker cancels the subscription,
+    the robust channel declares the queue again and subscribes anew; sends go on."""
+    got: list[int] = []
+    consumer = RabbitMQConsumer(Queue(queue, Order), url=rabbitmq_url)
+
+    @consumer()
+    async def handle(msg: Order) -> None:
+        got.append(msg.seq)
+
+    await consumer.start()
+    try:
+        async with RabbitMQProducer(Queue(queue, Order), url=rabbitmq_url) as producer:
+            await producer.send(order(1))
+            await wait_until(lambda: got == [1], "the first message")
+            await (await raw.get_queue(queue)).purge()
+            await raw.queue_delete(queue)
+            # Until the consumer's channel has declared it again, a send is refused clearly
+            # (unroutable), never silently dropped; then sends are served as before.
+            refusals: list[str] = []
+            async with asyncio.timeout(WAIT):
+                while True:
+                    try:
+                        await producer.send(order(2))
+                        break
+                    except PublishError as exc:
+                        refusals.append(str(exc))
+                        await asyncio.sleep(0.1)
+            assert all("unroutable" in refusal for refusal in refusals)
+            await wait_until(lambda: got == [1, 2], "a message after the delete")
+            assert consumer.health()["consuming"]
+    finally:
+        await consumer.close()
