@@ -282,6 +282,9 @@ class ConsumerRunner:
     With `port`, `GET /healthz` reports every consumer: on the port of the consumers that
     serve one (HTTP), which the runner's `port` and `host` then apply to (with `port=0`
     they all share the port the first one binds), else on a small server of its own.
+
+    `run()` serves on uvloop when it is installed (`streamtools[speed]`); `uvloop=False`, or
+    `STREAMTOOLS_UVLOOP=0`, keeps asyncio's own loop, and `uvloop=True` requires it.
     """
 
     def __init__(
@@ -294,6 +297,7 @@ class ConsumerRunner:
         shutdown_timeout: float = 30.0,
         metrics: bool | None = None,
         metrics_registry: Any = None,
+        uvloop: bool | None = None,
     ) -> None:
         self.consumers: list[Consumer[Any]] = list(
             consumers.values() if isinstance(consumers, Mapping) else consumers
@@ -319,6 +323,7 @@ class ConsumerRunner:
         # Metrics: on when prometheus-client is installed (metrics=None), or as asked.
         self.metrics = _prometheus_installed() if metrics is None else bool(metrics)
         self.metrics_registry = metrics_registry
+        self.uvloop = _use_uvloop(uvloop)
         if self.metrics:
             _telemetry.enable_metrics(metrics_registry)  # a ConfigurationError if missing
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
@@ -436,7 +441,8 @@ class ConsumerRunner:
                 )
             logging.getLogger("streamtools.runner").setLevel(logging.INFO)
         try:
-            asyncio.run(self.serve())
+            with asyncio.Runner(loop_factory=_uvloop_factory() if self.uvloop else None) as runner:
+                runner.run(self.serve())
         except StreamtoolsError as exc:
             notes: list[str] = getattr(exc, "__notes__", [])
             print(f"error: {': '.join([*notes, str(exc)])}", file=sys.stderr)
@@ -444,6 +450,36 @@ class ConsumerRunner:
 
 
 METRICS_PATH = "/metrics"
+
+
+def _use_uvloop(wanted: bool | None) -> bool:
+    # Explicit keyword first, then STREAMTOOLS_UVLOOP (default on), then whether it is there.
+    if wanted is None:
+        setting = os.environ.get("STREAMTOOLS_UVLOOP", "1").strip().lower()
+        if setting not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+            raise ConfigurationError(
+                f"STREAMTOOLS_UVLOOP must be 1 or 0 (true/false), got {setting!r}"
+            )
+        if setting in ("0", "false", "no", "off"):
+            return False
+        return importlib.util.find_spec("uvloop") is not None
+    if not isinstance(wanted, bool):
+        raise ConfigurationError(
+            f"ConsumerRunner: uvloop must be True, False or None, got {wanted!r}"
+        )
+    if wanted and importlib.util.find_spec("uvloop") is None:
+        raise ConfigurationError(
+            "ConsumerRunner(uvloop=True) needs uvloop: pip install 'streamtools[speed]'"
+        )
+    return wanted
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    # Imported by name: an optional dependency, type-checked whether installed or not.
+    factory: Callable[[], asyncio.AbstractEventLoop] = importlib.import_module(
+        "uvloop"
+    ).new_event_loop
+    return factory
 
 
 def _prometheus_installed() -> bool:
