@@ -296,3 +296,11 @@ def test_json_nested_past_the_recursion_limit_is_malformed_not_an_internal_error
         codec_for(object).decode(body)
     with pytest.raises(DecodeError):
         codec_for(dict[str, object]).decode(b'{"a":' * depth + b"1" + b"}" * depth)
+
+
+@pytest.mark.parametrize("value", ["\ud800 lone surrogate", 2**80])
+def test_values_that_cannot_be_encoded_are_encode_errors(value: object) -> None:
+    # JSON cannot carry a lone surrogate; msgpack has no integer past 64 bits.
+    content_type = "application/json" if isinstance(value, str) else MSGPACK
+    with pytest.raises(EncodeError, match="cannot encode"):
+        codec_for(object, content_type).encode({"v": value})

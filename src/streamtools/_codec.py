@@ -241,7 +241,7 @@ class Codec(Generic[T]):
         """
         try:
             data = self._encode(msg)
-        except (TypeError, msgspec.EncodeError, RecursionError) as exc:
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError, RecursionError) as exc:
             raise EncodeError(
                 f"cannot encode {self.type_name} message: {exc}; "
                 "fields must hold JSON-compatible values of their declared types"

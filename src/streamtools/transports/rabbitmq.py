@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -1097,15 +1098,17 @@ class _Incoming(Incoming):
         properties = _properties(meta, expiration=expiration)
         what = f"copy of message {meta.id} to {target!r}"
         link = consumer._link
+        publish = functools.partial(
+            link.publish,
+            self.body,
+            properties,
+            target,
+            timeout=_REPUBLISH_TIMEOUT,
+            what=what,
+            delivery=self.message,
+        )
         try:
-            await link.publish(
-                self.body,
-                properties,
-                target,
-                timeout=_REPUBLISH_TIMEOUT,
-                what=what,
-                delivery=self.message,
-            )
+            await publish()
         except PublishError as exc:
             if not isinstance(exc.__cause__, aiormq.exceptions.PublishError):
                 raise
@@ -1117,14 +1120,7 @@ class _Incoming(Incoming):
                 extra={"queue": consumer.queue.name, "message_id": meta.id},
             )
             await link.declare(consumer._topology())
-            await link.publish(
-                self.body,
-                properties,
-                target,
-                timeout=_REPUBLISH_TIMEOUT,
-                what=what,
-                delivery=self.message,
-            )
+            await publish()
 
     async def settle(self) -> None:
         tag = self.message.delivery_tag
