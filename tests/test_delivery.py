@@ -154,6 +154,18 @@ async def test_window_sends_one_cumulative_ack_for_a_batch() -> None:
         ("RMQIOHandler", "max_retry_delay", 0.5, "max_retry_delay must be seconds >= retry_delay"),
         ("RMQIOHandler", "queue_type", "stream", "queue_type must be 'quorum' or 'classic'"),
         ("RMQIOHandler", "connect_timeout", float("nan"), "connect_timeout must be seconds > 0"),
+        (
+            "KafkaHandler",
+            "idempotence",
+            "yes",
+            "KafkaConsumer: idempotence must be True, False or None",
+        ),
+        (
+            "KafkaHandler",
+            "session_timeout",
+            0,
+            "KafkaConsumer: session_timeout must be seconds > 0",
+        ),
     ],
 )
 def test_a_bad_setting_names_the_class_the_setting_and_the_value(

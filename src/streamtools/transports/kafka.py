@@ -38,7 +38,7 @@ import ssl as _ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 # Without aiokafka the registry says: pip install 'streamtools[kafka]'.
 import aiokafka  # type: ignore[import-untyped]
@@ -341,7 +341,56 @@ class _Client:
 # --- producer --------------------------------------------------------------------------------
 
 
-class KafkaProducer(Producer[T]):
+class _KafkaEndpoint:
+    """What Kafka producers and consumers share: the connection settings, the producing
+    client (a consumer's retry and dead-letter copies), and the trace attributes."""
+
+    transport: ClassVar[str] = TRANSPORT
+    messaging_system: ClassVar[str] = "kafka"
+    _settings: _Settings
+    _client: _Client
+    connect_timeout: float
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """The first bootstrap server."""
+        host, _, port = self._settings.bootstrap_servers.split(",")[0].rpartition(":")
+        return host, int(port) if port.isdigit() else 9092
+
+    def _connect(
+        self,
+        role: str,
+        *,
+        bootstrap_servers: str | None,
+        client_id: str | None,
+        ssl: _ssl.SSLContext | None,
+        sasl_mechanism: str | None,
+        sasl_username: str | None,
+        sasl_password: str | None,
+        connect_timeout: float,
+        idempotence: bool | None,
+        partitions: int,
+        replication_factor: int | None,
+    ) -> None:
+        owner = type(self).__name__
+        self._settings = _settings(
+            owner,
+            bootstrap_servers,
+            client_id,
+            ssl,
+            sasl_mechanism,
+            sasl_username,
+            sasl_password,
+            partitions,
+            replication_factor,
+        )
+        self.connect_timeout = seconds(owner, "connect_timeout", connect_timeout, positive=True)
+        if idempotence is not None and not isinstance(idempotence, bool):
+            raise ConfigurationError(f"{owner}: idempotence must be True, False or None")
+        self._client = _Client(self._settings, idempotence, role)
+
+
+class KafkaProducer(_KafkaEndpoint, Producer[T]):
     """Produces to a Kafka topic; `send` returns once the broker acknowledged (acks=all).
 
     Settings: `bootstrap_servers=` (else `KAFKA_BOOTSTRAP_SERVERS`, else localhost:9092),
@@ -351,15 +400,6 @@ class KafkaProducer(Producer[T]):
     `partitions=`/`replication_factor=` for the topics it creates. Send options: `key=` and
     `headers=`.
     """
-
-    transport = TRANSPORT
-    messaging_system = "kafka"
-
-    @property
-    def server_address(self) -> tuple[str, int] | None:
-        """The first bootstrap server."""
-        host, _, port = self._settings.bootstrap_servers.split(",")[0].rpartition(":")
-        return host, int(port) if port.isdigit() else 9092
 
     def __init__(
         self,
@@ -381,23 +421,21 @@ class KafkaProducer(Producer[T]):
         replication_factor: int | None = None,
     ) -> None:
         super().__init__(queue, message_type=message_type, source=source, validate=validate)
-        owner = type(self).__name__
-        self._settings = _settings(
-            owner,
-            bootstrap_servers,
-            client_id,
-            ssl,
-            sasl_mechanism,
-            sasl_username,
-            sasl_password,
-            partitions,
-            replication_factor,
+        self._connect(
+            f"producer {self.queue.name}",
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            ssl=ssl,
+            sasl_mechanism=sasl_mechanism,
+            sasl_username=sasl_username,
+            sasl_password=sasl_password,
+            connect_timeout=connect_timeout,
+            idempotence=idempotence,
+            partitions=partitions,
+            replication_factor=replication_factor,
         )
-        self.connect_timeout = seconds(owner, "connect_timeout", connect_timeout, positive=True)
+        owner = type(self).__name__
         self.send_timeout = seconds(owner, "send_timeout", send_timeout, positive=True)
-        if idempotence is not None and not isinstance(idempotence, bool):
-            raise ConfigurationError(f"{owner}: idempotence must be True, False or None")
-        self._client = _Client(self._settings, idempotence, f"producer {self.queue.name}")
         self._constant: dict[tuple[str, str, str], list[tuple[str, bytes]]] = {}
 
     def __repr__(self) -> str:
@@ -550,7 +588,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.consumer._assign(assigned)
 
 
-class KafkaConsumer(QueuedConsumer[T]):
+class KafkaConsumer(_KafkaEndpoint, QueuedConsumer[T]):
     """A member of the queue's consumer group; commits offsets of settled records only.
 
     Connection settings as on `KafkaProducer`; `group=` (else `KAFKA_GROUP`, else the queue
@@ -558,15 +596,6 @@ class KafkaConsumer(QueuedConsumer[T]):
     `max_retry_delay=`, `shutdown_timeout=`, `session_timeout=` (seconds before the group
     gives a silent member's partitions to the others).
     """
-
-    transport = TRANSPORT
-    messaging_system = "kafka"
-
-    @property
-    def server_address(self) -> tuple[str, int] | None:
-        """The first bootstrap server."""
-        host, _, port = self._settings.bootstrap_servers.split(",")[0].rpartition(":")
-        return host, int(port) if port.isdigit() else 9092
 
     capabilities = Capabilities(
         queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=False
@@ -605,23 +634,23 @@ class KafkaConsumer(QueuedConsumer[T]):
             max_message_size=max_message_size,
             shutdown_timeout=shutdown_timeout,
         )
-        owner = type(self).__name__
-        self._settings = _settings(
-            owner,
-            bootstrap_servers,
-            client_id,
-            ssl,
-            sasl_mechanism,
-            sasl_username,
-            sasl_password,
-            partitions,
-            replication_factor,
+        self._connect(
+            f"consumer {self.queue.name}",
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            ssl=ssl,
+            sasl_mechanism=sasl_mechanism,
+            sasl_username=sasl_username,
+            sasl_password=sasl_password,
+            connect_timeout=connect_timeout,
+            idempotence=idempotence,
+            partitions=partitions,
+            replication_factor=replication_factor,
         )
-        self.connect_timeout = seconds(owner, "connect_timeout", connect_timeout, positive=True)
+        owner = type(self).__name__
         self.session_timeout = seconds(owner, "session_timeout", session_timeout, positive=True)
         self.max_in_flight = integer(owner, "max_in_flight", max_in_flight, minimum=1)
         self.group = group or os.environ.get("KAFKA_GROUP") or self.queue.name
-        self._client = _Client(self._settings, idempotence, f"consumer {self.queue.name}")
         self._consumer: aiokafka.AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._key_tails: dict[bytes, asyncio.Task[None]] = {}

@@ -40,7 +40,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import aio_pika
 import aio_pika.abc
@@ -914,16 +914,26 @@ class _Stamp:
         )
 
 
-def _address(link: _Link, settings: _Settings) -> tuple[str, int]:
-    connection = link.connection
-    url = connection.url if connection is not None else settings.url
-    return url.host or "", url.port or 5672
+class _RabbitEndpoint:
+    """What RabbitMQ producers and consumers share: the link and the trace attributes."""
+
+    transport: ClassVar[str] = "RMQIOHandler"
+    messaging_system: ClassVar[str] = "rabbitmq"
+    _settings: _Settings
+    _link: _Link
+
+    @property
+    def server_address(self) -> tuple[str, int] | None:
+        """The broker this endpoint is connected to now (the first address before)."""
+        connection = self._link.connection
+        url = connection.url if connection is not None else self._settings.url
+        return url.host or "", url.port or 5672
 
 
 # --- producer --------------------------------------------------------------------------------
 
 
-class RabbitMQProducer(Producer[T]):
+class RabbitMQProducer(_RabbitEndpoint, Producer[T]):
     """Publishes to a RabbitMQ queue with publisher confirms; `send` returns once confirmed.
 
     Settings: `url=` (else `RMQ_URL`, else `RMQ_HOST`/`RMQ_PORT`/`RMQ_USER`/`RMQ_PASS`/
@@ -934,14 +944,6 @@ class RabbitMQProducer(Producer[T]):
     failover) for the confirm, `queue_type` matching the consumers'. Send options: `headers`
     (extra AMQP headers) and `expiration` (seconds; an expired message goes to `<queue>.dlq`).
     """
-
-    transport = "RMQIOHandler"
-    messaging_system = "rabbitmq"
-
-    @property
-    def server_address(self) -> tuple[str, int] | None:
-        """The broker this endpoint is connected to now (the first address before)."""
-        return _address(self._link, self._settings)
 
     def __init__(
         self,
@@ -1163,7 +1165,7 @@ class _Incoming(Incoming):
         )
 
 
-class RabbitMQConsumer(QueuedConsumer[T]):
+class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
     """Competing consumer on a RabbitMQ queue; acks after the handler returns.
 
     The delivery policy is the core's (see `streamtools._delivery`): retries go through
@@ -1173,14 +1175,6 @@ class RabbitMQConsumer(QueuedConsumer[T]):
     unacked deliveries (and so the handlers running at once). After a lost connection the
     consumer re-subscribes by itself.
     """
-
-    transport = "RMQIOHandler"
-    messaging_system = "rabbitmq"
-
-    @property
-    def server_address(self) -> tuple[str, int] | None:
-        """The broker this endpoint is connected to now (the first address before)."""
-        return _address(self._link, self._settings)
 
     capabilities = Capabilities(
         queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=True
