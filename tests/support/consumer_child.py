@@ -10,18 +10,72 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
+import sys
 from pathlib import Path
 
 import msgspec
 
 from streamtools import CONSUMER_LOOPS, RMQ, Queue, current_metadata
 
+_ROOT = Path(__file__).resolve().parents[2]
+
 
 class Tick(msgspec.Struct, kw_only=True):
     """The message of the resilience tests: a sequence number, so ids map to sends."""
 
     seq: int
+
+
+async def kill_midway(
+    argv: list[str], journal: Path, log: Path, *, done: int, inflight: int, timeout: float
+) -> tuple[list[str], list[str]]:
+    """Run a consumer child (`argv`, journalling to `journal`), SIGKILL it once it finished
+    `done` handlers and runs `inflight` more, reap it; return (ids started, ids done).
+
+    Polls (bounded by `timeout`): the journal is written by another process, nothing here
+    can signal a change. Fails the test with the child's output if it never gets there.
+    """
+    import pytest  # the tests' helper; the child itself runs without pytest
+
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *argv,
+            cwd=_ROOT,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+    state: tuple[bool, list[str], list[str]] = (False, [], [])
+    reached = False
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while proc.returncode is None:
+                    state = await asyncio.to_thread(read_journal, journal)
+                    ready, started, finished = state
+                    if (
+                        ready
+                        and len(finished) >= done
+                        and len(set(started) - set(finished)) >= inflight
+                    ):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        reached = True
+                        break
+                    await asyncio.sleep(0.02)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        async with asyncio.timeout(10):
+            await proc.wait()
+    if not reached or proc.returncode != -signal.SIGKILL:
+        output = await asyncio.to_thread(lambda: log.read_text() if log.exists() else "")
+        pytest.fail(f"consumer child (exit {proc.returncode}) did not get there: {state}\n{output}")
+    _, started, finished = await asyncio.to_thread(read_journal, journal)
+    return started, finished
 
 
 def read_journal(path: Path) -> tuple[bool, list[str], list[str]]:

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from streamtools import (
 )
 from tests.conftest import free_port, unique_name
 from tests.support import TcpProxy
-from tests.support.consumer_child import Tick, read_journal
+from tests.support.consumer_child import Tick, kill_midway
 from tests.support.kafka_broker import TansuBroker
 from tests.transports.test_kafka import assigned, delete_topics, wait_until
 from tests.transports.test_rabbitmq_resilience import (
@@ -51,7 +48,6 @@ from tests.transports.test_rabbitmq_resilience import (
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT = 90.0  # bound on "every acknowledged message is handled eventually"
 TEST_TIMEOUT = 180.0
 # A short session: a killed or cut-off member's partitions move on sooner.
@@ -146,32 +142,6 @@ async def proxied_broker() -> AsyncIterator[tuple[TcpProxy, TansuBroker]]:
 # --- 1. a consumer process killed mid-backlog ---------------------------------------------------
 
 
-async def _wait_journal(
-    journal: Path, proc: asyncio.subprocess.Process, log: Path, *, done: int, inflight: int
-) -> None:
-    """Wait (bounded) until the child finished `done` handlers and runs `inflight` more.
-
-    Polls: the journal is written by another process, nothing here can signal a change.
-    """
-    state: tuple[bool, list[str], list[str]] = (False, [], [])
-    try:
-        async with asyncio.timeout(60):  # a group join takes seconds
-            while proc.returncode is None:
-                state = await asyncio.to_thread(read_journal, journal)
-                ready, started, finished = state
-                if (
-                    ready
-                    and len(finished) >= done
-                    and len(set(started) - set(finished)) >= inflight
-                ):
-                    return
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pass
-    output = await asyncio.to_thread(lambda: log.read_text() if log.exists() else "")
-    pytest.fail(f"kafka child (exit {proc.returncode}) did not get there: {state}\n{output}")
-
-
 async def test_sigkilled_consumer_then_another_member_finishes_with_nothing_lost(
     kafka_bootstrap: str, topic: str, tmp_path: Path
 ) -> None:
@@ -185,25 +155,25 @@ async def test_sigkilled_consumer_then_another_member_finishes_with_nothing_lost
             )
     assert len(ledger.confirmed) == 200, figures(ledger, "sigkill")
 
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "tests.support.kafka_child", kafka_bootstrap, topic, group],
-            *[str(journal), "--max-in-flight", "20", "--sleep", "0.3"],
-            cwd=ROOT,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-    try:
-        await _wait_journal(journal, proc, log, done=10, inflight=5)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        async with asyncio.timeout(10):
-            await proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    _, started, finished = await asyncio.to_thread(read_journal, journal)
+    started, finished = await kill_midway(
+        [
+            "-m",
+            "tests.support.kafka_child",
+            kafka_bootstrap,
+            topic,
+            group,
+            str(journal),
+            "--max-in-flight",
+            "20",
+            "--sleep",
+            "0.3",
+        ],
+        journal,
+        log,
+        done=10,
+        inflight=5,
+        timeout=60,  # a group join takes seconds
+    )
     unfinished = set(started) - set(finished)
 
     consumer = kafka_consumer(topic, kafka_bootstrap, ledger, group=group)

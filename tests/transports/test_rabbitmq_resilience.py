@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +32,11 @@ from streamtools import (
     current_metadata,
 )
 from tests.support import RabbitNode, TcpProxy
-from tests.support.consumer_child import Tick, read_journal
+from tests.support.consumer_child import Tick, kill_midway
 from tests.support.queues import delete_queues, queue_depth
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 SEND_TIMEOUT = 30.0  # longer than a private node's restart, so sends ride it out
 DRAIN_TIMEOUT = 60.0  # bound on "every confirmed message is handled eventually"
 TEST_TIMEOUT = 120.0
@@ -369,35 +365,6 @@ async def test_confirmed_messages_survive_restart_without_consumer(
 # --- 3. a consumer process killed with a backlog of unacked deliveries -------------------------
 
 
-def _child_state(journal: Path, log: Path) -> tuple[bool, list[str], list[str], str]:
-    return (*read_journal(journal), log.read_text() if log.exists() else "")
-
-
-async def _wait_journal(
-    journal: Path, proc: asyncio.subprocess.Process, log: Path, *, done: int, inflight: int
-) -> None:
-    """Wait (bounded) until the child has finished `done` handlers and runs `inflight` more.
-
-    Polls: the journal is written by another process, nothing here can signal a change.
-    """
-    state: tuple[bool, list[str], list[str], str] = (False, [], [], "")
-    try:
-        async with asyncio.timeout(30):
-            while proc.returncode is None:
-                state = await asyncio.to_thread(_child_state, journal, log)
-                ready, started, finished, _ = state
-                if (
-                    ready
-                    and len(finished) >= done
-                    and len(set(started) - set(finished)) >= inflight
-                ):
-                    return
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pass
-    pytest.fail(f"consumer child (exit {proc.returncode}) did not get there: {state}")
-
-
 async def test_sigkilled_consumer_loses_nothing_and_acked_only_finished_work(
     rabbitmq_url: str, shared_queue: str, tmp_path: Path
 ) -> None:
@@ -407,25 +374,24 @@ async def test_sigkilled_consumer_loses_nothing_and_acked_only_finished_work(
         await send_batch(producer, ledger, 100, first=0)
     assert len(ledger.confirmed) == 100, ledger.summary("sigkill")
 
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "tests.support.consumer_child", rabbitmq_url, shared_queue],
-            *[str(journal), "--prefetch", "20", "--sleep", "0.3"],
-            cwd=ROOT,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-    try:
-        await _wait_journal(journal, proc, log, done=5, inflight=5)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        async with asyncio.timeout(10):
-            await proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    _, started, finished, _ = await asyncio.to_thread(_child_state, journal, log)
+    started, finished = await kill_midway(
+        [
+            "-m",
+            "tests.support.consumer_child",
+            rabbitmq_url,
+            shared_queue,
+            str(journal),
+            "--prefetch",
+            "20",
+            "--sleep",
+            "0.3",
+        ],
+        journal,
+        log,
+        done=5,
+        inflight=5,
+        timeout=30,
+    )
     unfinished = set(started) - set(finished)
 
     consumer = rmq_consumer(shared_queue, rabbitmq_url, ledger)
