@@ -14,11 +14,12 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
-from streamtools import CONSUMER_LOOPS, RMQ, Queue, current_metadata
+from streamtools import CONSUMER_LOOPS, RMQ, Consumer, Queue, current_metadata
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,15 +94,18 @@ def read_journal(path: Path) -> tuple[bool, list[str], list[str]]:
     return ready, started, done
 
 
-async def serve(url: str, queue: str, journal: Path, prefetch: int, sleep: float) -> None:
+async def run_journalled(
+    consumer: Consumer[Tick],
+    journal: Path,
+    sleep: float,
+    ready: Callable[[], bool] = lambda: True,
+) -> None:
+    """Serve `consumer` until killed, its handler journalling `start`/`done` around a sleep;
+    `ready` is written once `ready()` holds after the start."""
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(line: str) -> None:
         os.write(fd, f"{line}\n".encode())
-
-    consumer = CONSUMER_LOOPS[RMQ](
-        Queue(queue, Tick), url=url, prefetch=prefetch, max_retries=3, retry_delay=0.1
-    )
 
     @consumer()
     async def handle(msg: Tick) -> None:
@@ -111,11 +115,20 @@ async def serve(url: str, queue: str, journal: Path, prefetch: int, sleep: float
         write(f"done {ident}")
 
     await consumer.start()
+    while not ready():  # noqa: ASYNC110 - e.g. a Kafka assignment, which has no event
+        await asyncio.sleep(0.05)
     write("ready")
     try:
         await consumer.run()  # until killed
     finally:
         os.close(fd)
+
+
+async def serve(url: str, queue: str, journal: Path, prefetch: int, sleep: float) -> None:
+    consumer = CONSUMER_LOOPS[RMQ](
+        Queue(queue, Tick), url=url, prefetch=prefetch, max_retries=3, retry_delay=0.1
+    )
+    await run_journalled(consumer, journal, sleep)
 
 
 def main() -> None:

@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from pathlib import Path
 
-from streamtools import CONSUMER_LOOPS, KAFKA, Queue, current_metadata
-from tests.support.consumer_child import Tick
+from streamtools import CONSUMER_LOOPS, KAFKA, Queue
+from tests.support.consumer_child import Tick, run_journalled
 
 
 async def serve(
     servers: str, topic: str, group: str, journal: Path, max_in_flight: int, sleep: float
 ) -> None:
-    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(line: str) -> None:
-        os.write(fd, f"{line}\n".encode())
-
     consumer = CONSUMER_LOOPS[KAFKA](
         Queue(topic, Tick),
         bootstrap_servers=servers,
@@ -35,23 +29,10 @@ async def serve(
         retry_delay=0.1,
         session_timeout=6,
     )
-
-    @consumer()
-    async def handle(msg: Tick) -> None:
-        ident = current_metadata().id
-        write(f"start {ident}")
-        await asyncio.sleep(sleep)
-        write(f"done {ident}")
-
-    await consumer.start()
-    # The group join takes a few seconds; the assignment has no event to await.
-    while not getattr(consumer, "_partitions", None):  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    write("ready")
-    try:
-        await consumer.run()  # until killed
-    finally:
-        os.close(fd)
+    # Ready once the group has given this member its partitions.
+    await run_journalled(
+        consumer, journal, sleep, lambda: bool(getattr(consumer, "_partitions", None))
+    )
 
 
 def main() -> None:
