@@ -256,7 +256,8 @@ class QueuedConsumer(Consumer[T]):
         except Exception as exc:
             outcome, error = await self._internal_failure(incoming, exc), exc
         else:
-            self._internal_failures.pop(meta.id, None)
+            if self._internal_failures:  # empty but for messages that failed in us before
+                self._internal_failures.pop(meta.id, None)
         finally:
             self._delivery_done()
         return outcome, error

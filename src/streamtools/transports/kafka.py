@@ -756,7 +756,7 @@ class KafkaConsumer(_KafkaEndpoint, QueuedConsumer[T]):
                     self._take(tp, partition, record)
 
     def _take(self, tp: TopicPartition, partition: _Partition, record: Any) -> None:
-        headers = {key: value for key, value in record.headers or ()}
+        headers = dict(record.headers or ())
         meta = BINDING.read(
             headers,
             default_type=self._default_type,
