@@ -150,6 +150,26 @@ MUTANTS = (
         "    return attempt",
         ("tests/test_binding.py",),
     ),
+    Mutant(
+        "a reopened RabbitMQ channel is not subscribed again",
+        "src/streamtools/transports/rabbitmq.py",
+        "                    channel.reopen_callbacks.add(self._on_reopen)",
+        "                    pass",
+        (
+            "tests/transports/test_rabbitmq.py::"
+            "test_a_consume_channel_closed_by_the_broker_is_reopened_and_subscribed_again",
+        ),
+    ),
+    Mutant(
+        "a subscription the broker cancelled (queue deleted) is not renewed",
+        "src/streamtools/transports/rabbitmq.py",
+        "            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)",
+        "            pass",
+        (
+            "tests/transports/test_rabbitmq.py::"
+            "test_a_queue_deleted_under_a_running_consumer_comes_back_and_is_served",
+        ),
+    ),
 )
 
 

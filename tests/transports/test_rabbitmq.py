@@ -1027,3 +1027,38 @@ async def test_a_queue_deleted_under_a_running_consumer_comes_back_and_is_served
             assert consumer.health()["consuming"]
     finally:
         await consumer.close()
+
+
+async def test_a_consume_channel_closed_by_the_broker_is_reopened_and_subscribed_again(
+    rabbitmq_url: str, queue: str
+) -> None:
+    """The broker closes the consumer's channel (here: an ack of a tag it never delivered,
+    PRECONDITION_FAILED) while the connection stays up: aio-pika reopens the robust channel,
+    its reopen callback subscribes again on the new aiormq channel, and the messages that
+    were unacked on the old channel are redelivered and handled; none is lost."""
+    got: list[int] = []
+    consumer = RabbitMQConsumer(Queue(queue, Order), url=rabbitmq_url)
+
+    @consumer()
+    async def handle(msg: Order) -> None:
+        got.append(msg.seq)
+
+    await consumer.start()
+    try:
+        async with RabbitMQProducer(Queue(queue, Order), url=rabbitmq_url) as producer:
+            await producer.send(order(1))
+            await wait_until(lambda: got == [1], "the first message")
+            old = consumer._consuming_on
+            assert old is not None
+            await old.basic_ack(10**6)  # an unknown tag: the broker closes the channel
+            await wait_until(
+                lambda: consumer._consuming_on is not None and consumer._consuming_on is not old,
+                "a subscription on the reopened channel",
+            )
+            assert old.is_closed
+            for seq in range(2, 12):
+                await producer.send(order(seq))
+            await wait_until(lambda: sorted(set(got)) == list(range(1, 12)), "every message")
+            assert consumer.health()["consuming"]
+    finally:
+        await consumer.close()

@@ -580,12 +580,13 @@ class _Link:
         what: str,
         mandatory: bool = True,
         reply: bool = False,
-        delivery: aio_pika.abc.AbstractIncomingMessage | None = None,
+        delivery: aiormq.abc.AbstractChannel | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm, publishing again after a lost connection.
 
-        Gives up with PublishError after `timeout` seconds. With `delivery`, stops as soon as
-        that delivery's channel is gone (the broker redelivers it; a copy would duplicate).
+        Gives up with PublishError after `timeout` seconds. With `delivery` (the channel a
+        delivery being settled arrived on), stops as soon as that channel is gone (the broker
+        redelivers the delivery; a copy would duplicate it).
         """
         assert self.channel is not None
         channel = self.channel
@@ -597,7 +598,7 @@ class _Link:
             for attempt in itertools.count(1):
                 if self.connection is None:
                     raise PublishError(f"{what}: not sent, the {self.role} is closed")
-                if delivery is not None and _channel_closed(delivery):
+                if delivery is not None and delivery.is_closed:
                     raise DeliveryLost
                 try:
                     await channel.ready()
@@ -810,13 +811,6 @@ async def _explained(exc: BaseException, url: URL, settings: _Settings) -> BaseE
 
 
 _connections = _Connections()
-
-
-def _channel_closed(delivery: aio_pika.abc.AbstractIncomingMessage) -> bool:
-    try:
-        return delivery.channel.is_closed
-    except RuntimeError:  # aio-pika's ChannelInvalidStateError: the channel closed
-        return True
 
 
 _second_text = ""
@@ -1062,29 +1056,34 @@ class RabbitMQProducer(_RabbitEndpoint, Producer[T]):
 
 
 class _Incoming(Incoming):
-    """One AMQP delivery and the policy's hooks on it."""
+    """One AMQP delivery as aiormq read it off the wire, and the policy's hooks on it."""
 
-    __slots__ = ("consumer", "message", "window")
+    __slots__ = ("channel", "consumer", "properties", "tag", "window")
 
     def __init__(
         self,
         consumer: RabbitMQConsumer[Any],
-        message: aio_pika.abc.AbstractIncomingMessage,
+        body: bytes,
         meta: Metadata,
-        window: SettleWindow | None,
+        properties: aiormq.spec.Basic.Properties,
+        channel: aiormq.abc.AbstractChannel,
+        tag: int,
+        window: SettleWindow,
     ) -> None:
-        super().__init__(message.body, meta)
+        super().__init__(body, meta)
         self.consumer = consumer
-        self.message = message
+        self.properties = properties
+        self.channel = channel  # the aiormq channel it arrived on: acks go back there
+        self.tag = tag
         self.window = window
 
     @property
     def wants_reply(self) -> bool:
-        return bool(self.message.reply_to)
+        return bool(self.properties.reply_to)
 
     @property
     def span_attributes(self) -> dict[str, object]:
-        return {"messaging.rabbitmq.message.delivery_tag": self.message.delivery_tag or 0}
+        return {"messaging.rabbitmq.message.delivery_tag": self.tag}
 
     async def publish(self, target: str, meta: Metadata, delay: float) -> None:
         consumer = self.consumer
@@ -1107,7 +1106,7 @@ class _Incoming(Incoming):
             target,
             timeout=_REPUBLISH_TIMEOUT,
             what=what,
-            delivery=self.message,
+            delivery=self.channel,
         )
         try:
             await publish()
@@ -1125,32 +1124,18 @@ class _Incoming(Incoming):
             await publish()
 
     async def settle(self) -> None:
-        tag = self.message.delivery_tag
-        if self.window is not None and tag is not None:
-            self.window.settled(tag)  # acknowledged in a batch, see SettleWindow
-            return
-        try:
-            await self.message.ack()
-        except Exception as exc:
-            # The delivery's channel closed: the broker redelivers it (at-least-once).
-            logger.info(
-                "ack failed, the message will be redelivered: %s",
-                _reason(exc),
-                extra={"queue": self.consumer.queue.name, "message_id": self.meta.id},
-            )
+        self.window.settled(self.tag)  # acknowledged in a batch, see SettleWindow
 
     async def requeue(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.message.nack(requeue=True)
-        tag = self.message.delivery_tag
-        if self.window is not None and tag is not None:
-            # Nacked on its own first: a later multiple=True ack no longer covers it.
-            self.window.settled(tag, alone=True)
+        with contextlib.suppress(Exception):  # a closed channel requeues it anyway
+            await self.channel.basic_nack(self.tag, requeue=True)
+        # Nacked on its own first: a later multiple=True ack no longer covers it.
+        self.window.settled(self.tag, alone=True)
 
     async def reply(self, body: bytes, content_type: str) -> None:
         properties = aiormq.spec.Basic.Properties(
             content_type=content_type,
-            correlation_id=self.message.correlation_id or self.meta.id,
+            correlation_id=self.properties.correlation_id or self.meta.id,
             delivery_mode=_NOT_PERSISTENT,
             priority=0,
         )
@@ -1158,7 +1143,7 @@ class _Incoming(Incoming):
         await self.consumer._link.publish(
             body,
             properties,
-            self.message.reply_to or "",
+            self.properties.reply_to or "",
             timeout=_REPUBLISH_TIMEOUT,
             what=f"reply to message {self.meta.id}",
             mandatory=False,
@@ -1174,6 +1159,14 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
     with the error in headers; an invalid message goes there at once. `prefetch` bounds the
     unacked deliveries (and so the handlers running at once). After a lost connection the
     consumer re-subscribes by itself.
+
+    Deliveries are taken straight from aiormq's frames (`basic_consume` on the channel under
+    aio-pika's robust channel): no aio-pika message object per delivery, and acks go out in
+    batches (see `SettleWindow`). aio-pika's robust connection and channel still do the
+    reconnecting: when the channel is reopened (prefetch set and queue declared again by
+    aio-pika), its reopen callback subscribes again; when the broker cancels the
+    subscription (the queue was deleted), the topology is declared again and the consumer
+    subscribes anew.
     """
 
     capabilities = Capabilities(
@@ -1211,12 +1204,19 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
         )
         self.prefetch = integer(type(self).__name__, "prefetch", prefetch, minimum=1)
         self._link = _Link(self._settings, f"consumer {self.queue.name}")
-        self._consume_channel: aio_pika.abc.AbstractRobustChannel | None = None
-        self._amqp_queue: aio_pika.abc.AbstractRobustQueue | None = None
-        self._consumer_tag: str | None = None
+        # The robust channel the queue is consumed on, and the aiormq channel under it that
+        # the subscription lives on now (a new one after every reopen).
+        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._consuming_on: aiormq.abc.AbstractChannel | None = None
+        self._consumer_tag = f"streamtools.{os.getpid()}.{random.getrandbits(64):016x}"
+        self._subscribe_lock = asyncio.Lock()
+        self._subscribing: asyncio.Task[None] | None = None
+        self._subscriptions_wanted = 0  # bumped by every reopen or broker cancel
+        self._declare_again = False
+        self._intake_started = False
         self._intake_stopped = False
         # The settle window of the channel deliveries arrive on now (a new one per channel).
-        self._window_channel: object = None
+        self._window_channel: aiormq.abc.AbstractChannel | None = None
         self._window: SettleWindow | None = None
         self._default_type = type_name(self.queue.message_type)
 
@@ -1240,78 +1240,149 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
                 async with asyncio.timeout(self._settings.connect_timeout):
                     channel = await link.connection.channel(publisher_confirms=False)
                     link.channels.append(channel)
-                    self._consume_channel = channel
+                    self._channel = channel
+                    # Kept by the robust channel: set again on every reopen.
                     await channel.set_qos(prefetch_count=self.prefetch)
-                    # Declared on the robust channel so that a reconnect re-declares the queue
-                    # and re-subscribes the consumer (same arguments as above: no mismatch).
-                    self._amqp_queue = await channel.declare_queue(
-                        self.queue.name,
-                        durable=True,
-                        arguments=dict(topology[0][1]),
+                    # Declared on the robust channel so that a reopen declares the queue
+                    # again before we subscribe (same arguments as above: no mismatch).
+                    await channel.declare_queue(
+                        self.queue.name, durable=True, arguments=dict(topology[0][1])
                     )
+                    channel.reopen_callbacks.add(self._on_reopen)
         except BaseException:
             await link.close()
             raise
 
     async def _start(self) -> None:
-        assert self._amqp_queue is not None
         with _map_errors(self._settings, f"subscribing to {self.queue.name!r}"):
-            self._consumer_tag = await self._amqp_queue.consume(self._on_message)
+            async with asyncio.timeout(self._settings.connect_timeout):
+                await self._subscribe()
+        self._intake_started = True
         logger.debug("consuming", extra={"queue": self.queue.name, "prefetch": self.prefetch})
 
-    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    async def _subscribe(self) -> None:
+        """Consume the queue on the robust channel's current aiormq channel (idempotent)."""
+        channel = self._channel
+        assert channel is not None
+        async with self._subscribe_lock:
+            if self._intake_stopped:
+                return
+            underlay = await channel.get_underlay_channel()
+            assert isinstance(underlay, aiormq.Channel)
+            if underlay is self._consuming_on and self._consumer_tag in underlay.consumers:
+                return
+            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+            if self._consumer_tag not in underlay.consumers:
+                await underlay.basic_consume(
+                    self.queue.name, self._on_delivery, consumer_tag=self._consumer_tag
+                )
+            self._consuming_on = underlay
+
+    def _on_reopen(self, channel: object) -> None:
+        # aio-pika reopened the robust channel (a reconnect, a channel error) and has set the
+        # prefetch and declared the queue on it again: subscribe on the new aiormq channel.
+        if self._intake_started:
+            self._resubscribe()
+
+    def _on_cancel(self, frame: pamqp.commands.Basic.Cancel) -> None:
+        # The broker ended the subscription: the queue was deleted (or its node left).
+        if frame.consumer_tag != self._consumer_tag or self._intake_stopped:
+            return
+        logger.warning(
+            "RabbitMQ cancelled the subscription (queue deleted?); declaring it again",
+            extra={"queue": self.queue.name, "transport": self.transport},
+        )
+        self._consuming_on = None
+        self._resubscribe(declare=True)
+
+    def _resubscribe(self, *, declare: bool = False) -> None:
+        self._subscriptions_wanted += 1
+        self._declare_again |= declare
+        if self._subscribing is None or self._subscribing.done():
+            self._subscribing = asyncio.get_running_loop().create_task(self._keep_subscribed())
+
+    async def _keep_subscribed(self) -> None:
+        """Subscribe again until it holds: a failed attempt is retried with backoff."""
+        pause = 0.1
+        while not self._intake_stopped:
+            wanted = self._subscriptions_wanted
+            try:
+                async with asyncio.timeout(self._settings.connect_timeout):
+                    if self._declare_again:
+                        await self._link.declare(self._topology())
+                        self._declare_again = False
+                    await self._subscribe()
+            except Exception as exc:
+                logger.warning(
+                    "subscribing again failed, retrying in %.1f s: %s",
+                    pause,
+                    _reason(exc),
+                    extra={"queue": self.queue.name, "transport": self.transport},
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            if wanted == self._subscriptions_wanted:
+                return  # no reopen or cancel came meanwhile
+
+    async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
         if self._intake_stopped:
             return  # left unacked: the broker gives it to another consumer once we close
-        meta = self._metadata(message)
-        self._accept(_Incoming(self, message, meta, self._window_of(message)))
+        channel = message.channel
+        tag: int = message.delivery.delivery_tag  # type: ignore[union-attr,assignment]  # a Basic.Deliver here
+        window = self._window
+        if window is None or self._window_channel is not channel:
+            window = self._new_window(channel)
+        window.received(tag)
+        properties = message.header.properties
+        body = message.body
+        meta = self._metadata(properties, body)
+        self._accept(_Incoming(self, body, meta, properties, channel, tag, window))
+
+    def _new_window(self, channel: aiormq.abc.AbstractChannel) -> SettleWindow:
+        """The settle window of a new channel's deliveries (tags start again at 1)."""
+
+        async def ack(position: int, multiple: bool) -> None:
+            await channel.basic_ack(position, multiple=multiple)
+
+        window = self._window = SettleWindow(ack, spill=max(1, self.prefetch // 4))
+        self._window_channel = channel
+        return window
 
     def _topology(self) -> list[tuple[str, dict[str, object]]]:
         return _topology(self.queue.name, self._settings.queue_type, self.retry_stages)
 
-    def _window_of(self, message: aio_pika.abc.AbstractIncomingMessage) -> SettleWindow | None:
-        """The settle window of the delivery's channel (a new one after a reconnect)."""
-        tag = message.delivery_tag
-        try:
-            channel = message.channel
-        except RuntimeError:  # closed already: the broker redelivers it
-            return None
-        if tag is None:
-            return None
-        window = self._window
-        if window is None or self._window_channel is not channel:
-
-            async def ack(position: int, multiple: bool) -> None:
-                await channel.basic_ack(position, multiple=multiple)
-
-            window = self._window = SettleWindow(ack, spill=max(1, self.prefetch // 4))
-            self._window_channel = channel
-        window.received(tag)
-        return window
-
-    def _metadata(self, message: aio_pika.abc.AbstractIncomingMessage) -> Metadata:
-        stamp = message.timestamp
-        if stamp is not None and stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=UTC)
+    def _metadata(self, properties: aiormq.spec.Basic.Properties, body: bytes) -> Metadata:
+        headers = properties.headers or {}
+        time: str | None = None
+        stamp = properties.timestamp
+        if stamp is not None and CE.time not in headers:  # a foreign sender's message
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            time = stamp.isoformat().replace("+00:00", "Z")
         return CE.read(
-            message.headers or {},
+            headers,
             default_type=self._default_type,
-            ct=content_type(message.content_type),
+            ct=content_type(properties.content_type),
             # Without an id, the body's digest: the same on every redelivery, so that the
             # policy can count the message's failures.
-            id=message.message_id or hashlib.blake2b(message.body, digest_size=16).hexdigest(),
-            type=message.type,
-            source=message.app_id or "",
-            time=stamp.isoformat().replace("+00:00", "Z") if stamp is not None else None,
+            id=properties.message_id or hashlib.blake2b(body, digest_size=16).hexdigest(),
+            type=properties.message_type,
+            source=properties.app_id or "",
+            time=time,
         )
 
     async def _stop_intake(self) -> None:
         self._intake_stopped = True
-        queue, tag = self._amqp_queue, self._consumer_tag
-        if queue is not None and tag is not None:
-            # RobustQueue.cancel forgets the consumer first, so a reconnect won't restore it.
+        subscribing = self._subscribing
+        if subscribing is not None:
+            subscribing.cancel()
+        underlay = self._consuming_on
+        if underlay is not None and not underlay.is_closed:
+            # Cancelled on the broker: nothing more arrives; what did is handled or returned.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._settings.connect_timeout):
-                    await queue.cancel(tag)
+                    await underlay.basic_cancel(self._consumer_tag)
 
     async def _close(self) -> None:
         window = self._window
