@@ -78,9 +78,10 @@ class _Broker:
     spill=st.sampled_from([None, 1, 3, 16]),
     seed=st.integers(0, 2**32),
     first=st.integers(0, 1),
+    batch=st.sampled_from([1, 4, 32]),
 )
 def test_window_acks_exactly_the_finished_prefix(
-    count: int, spill: int | None, seed: int, first: int
+    count: int, spill: int | None, seed: int, first: int, batch: int
 ) -> None:
     """Property: no unfinished or rejected delivery is ever acked, no ack is refused, and
     what stays unacked among the finished is only the tail behind an unfinished head."""
@@ -89,7 +90,7 @@ def test_window_acks_exactly_the_finished_prefix(
 
     async def scenario() -> None:
         broker = _Broker(tags)
-        window = SettleWindow(broker.ack, spill=spill)
+        window = SettleWindow(broker.ack, spill=spill, batch=batch, linger=0.001)
         for tag in tags:
             window.received(tag)
         order = tags[:]
@@ -105,7 +106,7 @@ def test_window_acks_exactly_the_finished_prefix(
                 window.settled(tag)
                 finished.add(tag)
             if rnd.random() < 0.3:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0 if rnd.random() < 0.8 else 0.002)  # a linger may pass
         await window.close()
         unfinished = set(tags) - finished - rejected
         assert broker.acked <= finished
@@ -133,6 +134,51 @@ async def test_window_sends_one_cumulative_ack_for_a_batch() -> None:
         window.settled(tag)
     await window.close()
     assert calls == [(10, True)]
+
+
+async def test_window_batches_acks_across_iterations_and_lingers_for_the_rest() -> None:
+    calls: list[tuple[int, bool]] = []
+
+    async def ack(tag: int, multiple: bool) -> None:
+        calls.append((tag, multiple))
+
+    window = SettleWindow(ack, spill=None, batch=4, linger=0.05)
+    for tag in range(1, 11):
+        window.received(tag)
+    for tag in range(1, 4):  # three, each in a loop iteration of its own: below the batch
+        window.settled(tag)
+        await asyncio.sleep(0)
+    assert calls == []
+    window.settled(4)  # the fourth makes a batch: out at once
+    await asyncio.sleep(0.001)
+    assert calls == [(4, True)]
+    window.settled(5)  # one more: it waits for the linger, not for a batch that never comes
+    await asyncio.sleep(0.001)
+    assert calls == [(4, True)]
+    await asyncio.sleep(0.1)
+    assert calls == [(4, True), (5, True)]
+    window.settled(6)
+    await window.close()  # close sends what is left without waiting for the linger
+    assert calls == [(4, True), (5, True), (6, True)]
+
+
+async def test_a_failed_batched_ack_is_not_retried_in_a_loop() -> None:
+    calls: list[int] = []
+
+    async def ack(tag: int, multiple: bool) -> None:
+        calls.append(tag)
+        raise ConnectionError("channel closed")
+
+    window = SettleWindow(ack, spill=None, batch=2, linger=0.001)
+    for tag in range(1, 4):
+        window.received(tag)
+    window.settled(1)
+    window.settled(2)
+    await asyncio.sleep(0.05)
+    assert calls == [2]  # tried once; the next settlement sends it again
+    window.settled(3)
+    await asyncio.sleep(0.05)
+    assert calls == [2, 3]
 
 
 # -- settings: one checker, one message style ------------------------------------------------

@@ -80,6 +80,7 @@ Failover = Literal["in_order", "shuffle"]
 REPLY_TO: Final = "amq.rabbitmq.reply-to"
 _RECONNECT_INTERVAL: Final = 1.0
 _REPUBLISH_TIMEOUT: Final = 30.0
+_ACK_LINGER: Final = 0.005  # seconds an ack may wait for more completions to cover
 _SEND_OPTIONS: Final = frozenset({"expiration", "headers"})
 _PERSISTENT: Final = int(aio_pika.DeliveryMode.PERSISTENT)
 _NOT_PERSISTENT: Final = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
@@ -1345,7 +1346,10 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
         async def ack(position: int, multiple: bool) -> None:
             await channel.basic_ack(position, multiple=multiple)
 
-        window = self._window = SettleWindow(ack, spill=max(1, self.prefetch // 4))
+        # Acks go out for every quarter of the prefetch, or 5 ms after the first completion
+        # they cover: the broker gets its credit back long before the prefetch runs dry.
+        quarter = max(1, self.prefetch // 4)
+        window = self._window = SettleWindow(ack, spill=quarter, batch=quarter, linger=_ACK_LINGER)
         self._window_channel = channel
         return window
 
