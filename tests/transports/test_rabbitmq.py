@@ -1062,3 +1062,43 @@ async def test_a_consume_channel_closed_by_the_broker_is_reopened_and_subscribed
             assert consumer.health()["consuming"]
     finally:
         await consumer.close()
+
+
+@pytest.mark.parametrize(
+    ("type_name", "source"),
+    [
+        ("OrderCreated", "//host/orders-service"),
+        ("Ünïcode_Type", "//hôst/sërvice/" + "x" * 300),  # a long source: a long string
+        ("json", ""),
+    ],
+)
+def test_prepared_properties_encode_exactly_as_pamqp_does(type_name: str, source: str) -> None:
+    """A plain send's properties are encoded from prebuilt parts (`_Stamp`): byte for byte
+    what pamqp writes field by field, for every message id, time and second."""
+    import pamqp.commands
+    import pamqp.header
+
+    from streamtools._codec import new_metadata
+    from streamtools.transports import rabbitmq
+
+    stamp = rabbitmq._Stamp(type_name, source, "application/json")
+    checked = 0
+    for _ in range(300):
+        meta = new_metadata(type_name, source)
+        properties = stamp.properties(meta)
+        assert isinstance(properties, rabbitmq._WiredProperties)
+        expected = pamqp.commands.Basic.Properties.marshal(properties)  # pamqp's own encoding
+        assert properties.marshal() == expected
+        # and it reads back as the same metadata
+        header = pamqp.header.ContentHeader()
+        frame = pamqp.header.ContentHeader(body_size=10, properties=properties).marshal()
+        header.unmarshal(frame)
+        assert header.properties.headers == properties.headers
+        assert header.properties.message_id == meta.id
+        checked += 1
+    assert checked == 300
+    # Extra headers (trace context) and messages of another shape take pamqp's encoding.
+    traced = msgspec.structs.replace(meta, headers={"traceparent": "00-" + "1" * 32 + "-x-01"})
+    assert not isinstance(stamp.properties(traced), rabbitmq._WiredProperties)
+    retried = msgspec.structs.replace(meta, attempt=2)
+    assert not isinstance(stamp.properties(retried), rabbitmq._WiredProperties)

@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import ssl as _ssl
+import struct
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -529,6 +530,8 @@ class _Link:
         self.role = role
         self.connection: aio_pika.RobustConnection | None = None
         self.channel: aio_pika.abc.AbstractRobustChannel | None = None
+        # The aiormq channel under `channel` that publishes go to (a new one after a reopen).
+        self._underlay: aiormq.abc.AbstractChannel | None = None
         self._reply_channel: aiormq.abc.AbstractChannel | None = None
         self._reply_lock = asyncio.Lock()
         self.replies: dict[str, asyncio.Future[tuple[bytes, str]]] = {}
@@ -602,8 +605,11 @@ class _Link:
                 if delivery is not None and delivery.is_closed:
                     raise DeliveryLost
                 try:
-                    await channel.ready()
-                    underlay = await channel.get_underlay_channel()
+                    underlay = self._underlay
+                    if underlay is None or underlay.is_closed:
+                        # Opening or reconnecting: wait until aio-pika has the channel back.
+                        await channel.ready()
+                        underlay = self._underlay = await channel.get_underlay_channel()
                     if reply:
                         await self._consume_replies(underlay)
                     await underlay.basic_publish(
@@ -659,6 +665,7 @@ class _Link:
     async def close(self) -> None:
         connection, self.connection = self.connection, None
         channel, self.channel = self.channel, None
+        self._underlay = None
         for correlation_id, future in self.replies.items():
             if not future.done():
                 future.set_exception(
@@ -868,23 +875,86 @@ def _properties(
     )
 
 
-class _Stamp:
-    """The properties of one producer's plain sends: the constant headers built once.
+_LONG: Final = struct.Struct(">I")
+_SECONDS: Final = struct.Struct(">Q")
+# Basic.Properties flags of a plain send: content_type, headers, delivery_mode, priority,
+# message_id, timestamp, type (AMQP 0-9-1, 4.2.6.1; the bits pamqp's marshal sets).
+_PLAIN_FLAGS: Final = 0x8000 | 0x2000 | 0x1000 | 0x0800 | 0x0080 | 0x0040 | 0x0020
 
-    `type`, `source` and `specversion` are the same on every message of a producer; a send
-    adds only `ce-id` and `ce-time` (and trace headers, if any). A message whose metadata
-    differs (another source set since, a retried copy) takes the general `_properties`.
+
+def _short(text: str) -> bytes | None:
+    """An AMQP shortstr, or None when `text` is too long for one (255 bytes)."""
+    data = text.encode()
+    return bytes((len(data),)) + data if len(data) < 256 else None
+
+
+def _table_key(key: str) -> bytes:
+    """A field-table entry's name and the type tag of a long string ('S')."""
+    return bytes((len(key),)) + key.encode() + b"S"
+
+
+class _WiredProperties(aiormq.spec.Basic.Properties):
+    """Basic.Properties whose AMQP encoding `_Stamp` prepared from prebuilt parts.
+
+    The attributes are set as on any Properties (aiormq reads `message_id`); only
+    `marshal`, which pamqp calls to write the content header frame, returns the prepared
+    bytes instead of encoding field by field (about 10 us per message in pamqp).
     """
 
-    __slots__ = ("constant", "content_type", "source", "type")
+    wire: bytes
+
+    def marshal(self) -> bytes:
+        return self.wire
+
+
+class _Stamp:
+    """The properties of one producer's plain sends: the constant parts built once.
+
+    `type`, `source` and `specversion` are the same on every message of a producer; a send
+    adds only `ce-id` and `ce-time`, the message id and the timestamp. Their AMQP encoding
+    is prepared here too, byte for byte what pamqp writes (its headers table in sorted key
+    order: ce-id, ce-source, ce-specversion, ce-time, ce-type); a test holds the two equal.
+    A message whose metadata differs (trace or other extra headers, another source set
+    since, a retried copy) takes the general `_properties` and pamqp's encoding.
+    """
+
+    __slots__ = (
+        "_after_id",
+        "_after_time",
+        "_head",
+        "_id_key",
+        "_seconds",
+        "_stamp",
+        "_tail",
+        "_time_key",
+        "constant",
+        "content_type",
+        "source",
+        "type",
+        "wired",
+    )
 
     def __init__(self, type_name: str, source: str, content_type: str) -> None:
         self.type = type_name
         self.source = source
         self.content_type = content_type
         constant = CE.constant(type_name, source)
-        # CE.write's order (id, type, source, specversion, time), kept on the wire.
         self.constant = {k: constant[k] for k in (CE.type, CE.source, CE.specversion)}
+        short_type, short_ct = _short(type_name), _short(content_type)
+        self.wired = short_type is not None and short_ct is not None
+        self._head = _LONG.pack(_PLAIN_FLAGS)[2:] + (short_ct or b"")
+        self._id_key = _table_key(CE.id)
+        self._after_id = b"".join(
+            _table_key(key) + _LONG.pack(len(data)) + data
+            for key, data in ((CE.source, source.encode()), (CE.specversion, b"1.0"))
+        )
+        assert SPECVERSION == "1.0"
+        self._time_key = _table_key(CE.time)
+        encoded_type = type_name.encode()
+        self._after_time = _table_key(CE.type) + _LONG.pack(len(encoded_type)) + encoded_type
+        self._tail = short_type or b""
+        self._stamp: datetime | None = None
+        self._seconds = b""
 
     def properties(self, meta: Metadata) -> aiormq.spec.Basic.Properties:
         if (
@@ -896,16 +966,53 @@ class _Stamp:
         ):
             return _properties(meta)
         headers: dict[str, object] = {CE.id: meta.id, **self.constant, CE.time: meta.time}
+        stamp = _timestamp(meta.time)
+        wire = self._wire(meta, stamp) if not meta.headers else None
         if meta.headers:
             headers.update(meta.headers)
-        return aiormq.spec.Basic.Properties(
+        properties = (aiormq.spec.Basic.Properties if wire is None else _WiredProperties)(
             content_type=meta.content_type,
             headers=headers,  # type: ignore[arg-type]  # pamqp's FieldTable is invariant
             delivery_mode=_PERSISTENT,
             priority=0,
             message_id=meta.id,
-            timestamp=_timestamp(meta.time),
+            timestamp=stamp,
             message_type=meta.type,
+        )
+        if wire is not None:
+            properties.wire = wire  # type: ignore[attr-defined]  # a _WiredProperties
+        return properties
+
+    def _wire(self, meta: Metadata, stamp: datetime | None) -> bytes | None:
+        """The AMQP encoding of a plain send's properties; None where pamqp must do it."""
+        message_id, time = meta.id.encode(), meta.time.encode()
+        if not self.wired or stamp is None or len(message_id) > 255:
+            return None
+        if stamp is not self._stamp:  # one datetime per second (see _timestamp)
+            self._stamp, self._seconds = stamp, _SECONDS.pack(int(stamp.timestamp()))
+        table = b"".join(
+            (
+                self._id_key,
+                _LONG.pack(len(message_id)),
+                message_id,
+                self._after_id,
+                self._time_key,
+                _LONG.pack(len(time)),
+                time,
+                self._after_time,
+            )
+        )
+        return b"".join(
+            (
+                self._head,
+                _LONG.pack(len(table)),
+                table,
+                b"\x02\x00",  # delivery_mode 2 (persistent), priority 0
+                bytes((len(message_id),)),
+                message_id,
+                self._seconds,
+                self._tail,
+            )
         )
 
 
