@@ -70,6 +70,7 @@ _SEND_OPTIONS: Final = frozenset({"key", "headers"})
 _SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _POLL_TIMEOUT_MS: Final = 500
 _COPY_TIMEOUT: Final = 30.0
+_COMMIT_LINGER: Final = 0.05  # seconds a commit may wait for more settled records to cover
 # Brokers of this process that refused the idempotent producer: asked once, not per client.
 _NO_IDEMPOTENCE: set[str] = set()
 # Kafka errors after which a send may succeed once the connection is back.
@@ -713,7 +714,12 @@ class KafkaConsumer(_KafkaEndpoint, QueuedConsumer[T]):
                 assert consumer is not None
                 await consumer.commit({tp: offset + 1})  # the next offset to read
 
-            self._partitions[tp] = _Partition(SettleWindow(commit, spill=None))
+            # A commit is a round trip to the group coordinator: one per `max_in_flight`
+            # settled records of the partition, or `_COMMIT_LINGER` after the first of them.
+            window = SettleWindow(
+                commit, spill=None, batch=self.max_in_flight, linger=_COMMIT_LINGER
+            )
+            self._partitions[tp] = _Partition(window)
 
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
         """Finish what runs on the revoked partitions, commit, and let them go."""
@@ -761,7 +767,8 @@ class KafkaConsumer(_KafkaEndpoint, QueuedConsumer[T]):
             headers,
             default_type=self._default_type,
             id=f"{tp.topic}-{tp.partition}-{record.offset}",
-            time=_record_time(record.timestamp),
+            # The record's own time only for a foreign record without ce_time.
+            time=None if BINDING.time in headers else _record_time(record.timestamp),
         )
         partition.window.received(record.offset)
         partition.last = record.offset
