@@ -51,11 +51,12 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
+# both event loops (asyncio's and uvloop), each case on each; the Targets table of issue #14 last
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run --full
+	$(BIN)/python -m benchmarks.run --full --loop both
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/python -m benchmarks.run --quick --loop both
 
 # hand-made mutants of the core and the transports; every one must be caught (scripts/mutate.py)
 mutate: $(STAMP)

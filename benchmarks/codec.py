@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.harness import Case, Contender, Workload, time_ops
+from benchmarks.harness import CODEC_DECODE, CODEC_ENCODE, Case, Contender, Workload, time_ops
 from examples.contracts import OrderCreated
 from examples.orders import make_order
 from streamtools._codec import codec_for, new_metadata
@@ -82,35 +82,39 @@ def cases(ops: int) -> list[Case]:
     return [
         Case(
             "codec: encode + metadata",
-            ">= 0.77x msgspec (<= 1.3x cost); >= 3x pydantic",
             Contender("streamtools", loop(st_encode)),
             [
+                # No ids, no times: a lower bound, not the same guarantees (reported).
                 Contender("msgspec encode (bare)", loop(lambda: encoder.encode(order))),
-                Contender("msgspec + uuid4 + RFC3339 time", loop(msgspec_with_metadata)),
+                # The equal-guarantees line: what a msgspec user adds for an id and a time.
+                Contender(
+                    "msgspec + uuid4 + RFC3339 time",
+                    loop(msgspec_with_metadata),
+                    target=CODEC_ENCODE,
+                ),
                 Contender(
                     "pydantic v2 dump_json", loop(lambda: instance.model_dump_json()), goal=3.0
                 ),
             ],
-            goal=1 / 1.3,
         ),
         Case(
             "codec: encode + send-side validation",
-            "(reference)",
             Contender("streamtools", loop(st_encode_validated)),
             [Contender("pydantic v2 dump_json", loop(lambda: instance.model_dump_json()))],
+            note="(reference)",
         ),
         Case(
             "codec: decode + validate",
-            ">= 0.77x msgspec (<= 1.3x cost); >= 3x pydantic",
             Contender("streamtools", loop(lambda: codec.decode(body))),
             [
-                Contender("msgspec decode", loop(lambda: decoder.decode(body))),
+                Contender(
+                    "msgspec decode", loop(lambda: decoder.decode(body)), target=CODEC_DECODE
+                ),
                 Contender(
                     "pydantic v2 validate_json",
                     loop(lambda: model.model_validate_json(body)),
                     goal=3.0,
                 ),
             ],
-            goal=1 / 1.3,
         ),
     ]

@@ -1,11 +1,13 @@
 """Memory cases: resident memory growth between WARM and TOTAL messages through a transport.
 
 Each transport runs in a fresh child process (`python -m benchmarks.rss TRANSPORT WARM
-TOTAL`), so earlier cases' garbage does not count. The child sends WARM messages through a
+TOTAL [LOOP]`, on the event loop of the run that starts it), so earlier cases' garbage does
+not count. The child sends WARM messages through a
 producer/consumer pair, collects garbage and reads its current RSS (/proc/self/statm, not
 the monotonic ru_maxrss), sends up to TOTAL, reads again and prints the growth in MiB. A
 leak or an unbounded cache (per message id, per connection, per task) shows as growth
-proportional to TOTAL - WARM; a healthy transport stays flat.
+proportional to TOTAL - WARM; a healthy transport stays flat. Issue #14's target: under
+5 MiB from 10k to 200k messages on every transport (memory, RabbitMQ, HTTP, Kafka).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from benchmarks.common import RMQ_URL, WINDOW, delete_queues, orders, unique
-from benchmarks.harness import Case, Contender, Workload
+from benchmarks.harness import RSS, Case, Contender, Workload, loop_factory, running_loop
 from examples.contracts import OrderCreated
 
 MiB = 1024 * 1024
-TRANSPORTS = ("memory", "rabbitmq", "http")
+TRANSPORTS = ("memory", "rabbitmq", "http", "kafka")
 _ROOT = Path(__file__).resolve().parent.parent  # the child runs `-m benchmarks.rss` here
 
 
@@ -174,12 +176,53 @@ async def _http(warm: int, total: int) -> dict[str, float]:
         await consumer.close()
 
 
-_RUNNERS = {"memory": _memory, "rabbitmq": _rabbitmq, "http": _http}
+async def _kafka(warm: int, total: int) -> dict[str, float]:
+    from benchmarks.kafka import delete_topics, servers
+    from benchmarks.kafka import unique as topic_name
+    from streamtools.transports.kafka import KafkaConsumer, KafkaProducer
+
+    pool = orders(1000)
+    handled = _Counter()
+    name = topic_name("rss")
+    where = servers()  # the parent's broker (KAFKA_BOOTSTRAP_SERVERS), else a Tansu of its own
+    consumer = KafkaConsumer(
+        name, message_type=OrderCreated, bootstrap_servers=where, group=name, max_in_flight=128
+    )
+
+    @consumer()
+    async def handle(msg: OrderCreated) -> None:
+        handled.hit()
+
+    try:
+        async with KafkaProducer(
+            name, message_type=OrderCreated, bootstrap_servers=where
+        ) as producer:
+            await consumer.start()  # a fresh group reads the topic from the start
+
+            async def send(start: int, stop: int) -> None:
+                for first in range(start, stop, WINDOW):
+                    last = min(first + WINDOW, stop)
+                    await producer.send_many(pool[i % len(pool)] for i in range(first, last))
+
+            try:
+                return await _measure(send, handled, warm, total)
+            finally:
+                await consumer.close()
+    finally:
+        await delete_topics([name])
 
 
-def cases(warm: int, total: int) -> list[Case]:
+_RUNNERS = {"memory": _memory, "rabbitmq": _rabbitmq, "http": _http, "kafka": _kafka}
+
+
+def cases(warm: int, total: int, transports: tuple[str, ...] = TRANSPORTS) -> list[Case]:
     def child(transport: str) -> Workload:
         async def run() -> tuple[int, float]:
+            env = dict(os.environ)
+            if transport == "kafka":
+                from benchmarks.kafka import servers
+
+                env["KAFKA_BOOTSTRAP_SERVERS"] = servers()  # the broker of the Kafka cases
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -187,8 +230,10 @@ def cases(warm: int, total: int) -> list[Case]:
                 transport,
                 str(warm),
                 str(total),
+                running_loop(),  # the child runs on the loop of this run
                 stdout=asyncio.subprocess.PIPE,
                 cwd=_ROOT,
+                env=env,
             )
             out, _ = await process.communicate()
             if process.returncode != 0:
@@ -202,22 +247,23 @@ def cases(warm: int, total: int) -> list[Case]:
     return [
         Case(
             f"memory: RSS growth {warm:,} -> {total:,} msgs, {transport}",
-            "< 5 MiB",
             Contender(f"streamtools {transport}", child(transport)),
             [],
             unit="MiB",
             lower_is_better=True,
-            limit=5.0,
+            target=RSS[transport],  # < 5 MiB
             rounds=1,
         )
-        for transport in TRANSPORTS
+        for transport in transports
     ]
 
 
 def main() -> None:
     transport, warm, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    result = asyncio.run(_RUNNERS[transport](warm, total))
-    print(json.dumps(result))
+    loop = sys.argv[4] if len(sys.argv) > 4 else "asyncio"
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        result = runner.run(_RUNNERS[transport](warm, total))
+    print(json.dumps({**result, "loop": loop}))
 
 
 if __name__ == "__main__":

@@ -115,14 +115,14 @@ def cases(count: int) -> list[Case]:
     return [
         Case(
             "telemetry: memory send+handle, tracing on (SDK, exporter drops)",
-            "(reported: on / off)",
             Contender("streamtools, tracing on", _with(_tracing, count)),
             [off],
+            note="(reported: on / off)",
         ),
         Case(
             "telemetry: memory send+handle, metrics on (prometheus-client)",
-            "(reported: on / off)",
             Contender("streamtools, metrics on", _with(_metrics, count)),
             [Contender("tracing and metrics off", _with(_off, count))],
+            note="(reported: on / off)",
         ),
     ]

@@ -16,11 +16,13 @@ def builders(quick: bool) -> list[Callable[[], list[Case]]]:
         lambda: rabbitmq.consume_cases(5_000 * scale),
         lambda: rabbitmq.latency_cases(200 * scale),
     ]
-    if importlib.util.find_spec("streamtools.transports.http") is not None:
+    has_http = importlib.util.find_spec("streamtools.transports.http") is not None
+    has_kafka = importlib.util.find_spec("aiokafka") is not None
+    if has_http:
         found.append(lambda: http.cases(2_000 * scale))
     else:
         print("(HTTP cases skipped: streamtools.transports.http is not there yet)")
-    if importlib.util.find_spec("aiokafka") is not None:
+    if has_kafka:
         from benchmarks import kafka
 
         found.append(lambda: kafka.produce_cases(5_000 * scale))
@@ -33,5 +35,12 @@ def builders(quick: bool) -> list[Callable[[], list[Case]]]:
         from benchmarks import telemetry
 
         found.append(lambda: telemetry.cases(5_000 * scale))
-    found.append(lambda: rss.cases(10_000, 60_000 if quick else 200_000))
+    memory = tuple(
+        transport
+        for transport in rss.TRANSPORTS
+        if transport in ("memory", "rabbitmq")
+        or (transport == "http" and has_http)
+        or (transport == "kafka" and has_kafka)
+    )
+    found.append(lambda: rss.cases(10_000, 60_000 if quick else 200_000, memory))
     return found

@@ -1098,6 +1098,7 @@ def test_prepared_properties_encode_exactly_as_pamqp_does(type_name: str, source
         checked += 1
     assert checked == 300
     # Extra headers (trace context) and messages of another shape take pamqp's encoding.
+    meta = new_metadata(type_name, source)
     traced = msgspec.structs.replace(meta, headers={"traceparent": "00-" + "1" * 32 + "-x-01"})
     assert not isinstance(stamp.properties(traced), rabbitmq._WiredProperties)
     retried = msgspec.structs.replace(meta, attempt=2)
