@@ -51,9 +51,11 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
-# both event loops (asyncio's and uvloop), each case on each; the Targets table of issue #14 last
+# both event loops (asyncio's and uvloop), each case on each; the Targets table of issue #14 last;
+# a full run then writes README.md's Performance tables (benchmarks/readme.py)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --full --loop both
+	$(BIN)/python -m benchmarks.readme
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick --loop both

@@ -488,6 +488,7 @@ def report(
     out.write_text(
         json.dumps(
             {
+                "date": time.strftime("%Y-%m-%d", time.gmtime()),
                 "machine": machine(),
                 "versions": versions(),
                 "rounds": rounds,
