@@ -26,6 +26,7 @@ from pathlib import Path
 from benchmarks.common import RMQ_URL, WINDOW, delete_queues, orders, unique
 from benchmarks.harness import RSS, Case, Contender, Workload, loop_factory, running_loop
 from examples.contracts import OrderCreated
+from streamtools import Producer
 
 MiB = 1024 * 1024
 TRANSPORTS = ("memory", "rabbitmq", "http", "kafka")
@@ -64,6 +65,17 @@ class _Counter:
 
 
 Send = Callable[[int, int], Awaitable[None]]  # send messages [start, stop)
+
+
+def _in_windows(producer: Producer[OrderCreated], pool: list[OrderCreated]) -> Send:
+    """Send messages [start, stop) of the pool (cycled) with `send_many`, WINDOW at a time."""
+
+    async def send(start: int, stop: int) -> None:
+        for first in range(start, stop, WINDOW):
+            last = min(first + WINDOW, stop)
+            await producer.send_many(pool[i % len(pool)] for i in range(first, last))
+
+    return send
 
 
 async def _measure(send: Send, handled: _Counter, warm: int, total: int) -> dict[str, float]:
@@ -133,13 +145,8 @@ async def _rabbitmq(warm: int, total: int) -> dict[str, float]:
         async with RabbitMQProducer(name, message_type=OrderCreated, url=RMQ_URL) as producer:
             await consumer.start()
 
-            async def send(start: int, stop: int) -> None:
-                for first in range(start, stop, WINDOW):
-                    last = min(first + WINDOW, stop)
-                    await producer.send_many(pool[i % len(pool)] for i in range(first, last))
-
             try:
-                return await _measure(send, handled, warm, total)
+                return await _measure(_in_windows(producer, pool), handled, warm, total)
             finally:
                 await consumer.close()
     finally:
@@ -199,13 +206,8 @@ async def _kafka(warm: int, total: int) -> dict[str, float]:
         ) as producer:
             await consumer.start()  # a fresh group reads the topic from the start
 
-            async def send(start: int, stop: int) -> None:
-                for first in range(start, stop, WINDOW):
-                    last = min(first + WINDOW, stop)
-                    await producer.send_many(pool[i % len(pool)] for i in range(first, last))
-
             try:
-                return await _measure(send, handled, warm, total)
+                return await _measure(_in_windows(producer, pool), handled, warm, total)
             finally:
                 await consumer.close()
     finally:
