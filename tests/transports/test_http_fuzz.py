@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 
 import aiohttp
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from streamtools import Queue
@@ -230,7 +230,10 @@ def test_random_json_never_yields_500_and_valid_ones_are_handled() -> None:
             nonlocal before
             extra.pop("Content-Encoding", None)
             extra.pop("ce-id", None)  # fresh ids: every valid message must reach the handler
-            body = msgspec.msgpack.encode(doc) if packed else msgspec.json.encode(doc)
+            try:
+                body = msgspec.msgpack.encode(doc) if packed else msgspec.json.encode(doc)
+            except OverflowError:  # msgpack has no integers past 64 bits: no such body exists
+                reject()
             content_type = "application/msgpack" if packed else "application/json"
             status, reply = run(
                 _request(session, "POST", url, body, {**extra, "Content-Type": content_type})

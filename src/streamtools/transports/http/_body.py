@@ -8,8 +8,9 @@ after the checks passed, and no further than `limit` decoded bytes: a bomb costs
 from __future__ import annotations
 
 import asyncio
+import enum
 import zlib
-from typing import Final
+from typing import Final, Literal
 
 import aiohttp
 from aiohttp import web
@@ -67,6 +68,27 @@ def _zlib_header(chunk: bytes) -> bool:
     return len(chunk) >= 2 and chunk[0] & 0x0F == 8 and (chunk[0] << 8 | chunk[1]) % 31 == 0
 
 
+class Pending(enum.Enum):
+    """What `buffered_body` answers for a body still arriving."""
+
+    PENDING = "pending"
+
+
+def buffered_body(
+    request: web.BaseRequest, limit: int, coding: str = "identity"
+) -> bytes | Literal[Pending.PENDING] | None:
+    """`read_body` without awaiting, when the whole body came with the headers (the usual
+    case); else `Pending.PENDING` (a client expecting 100-continue takes the path that
+    answers it)."""
+    content = request.content
+    if content.is_eof() and "Expect" not in request.headers:
+        body = _buffered(content, limit)
+        if body is None or coding == "identity" or not body:
+            return body
+        return _decoded([body], coding, limit)
+    return Pending.PENDING
+
+
 async def read_body(
     request: web.BaseRequest, limit: int, coding: str = "identity", timeout: float = 0.0
 ) -> bytes | None:
@@ -74,14 +96,9 @@ async def read_body(
     body of exactly `limit` bytes passes). A body aiohttp could not read (a cut upload) or
     that does not decode is a DecodeError; one still arriving after `timeout` seconds (when
     given) raises TimeoutError."""
-    content = request.content
-    # Usually the whole body came with the headers: take it without awaiting (a client
-    # expecting 100-continue takes the path that answers it).
-    if content.is_eof() and "Expect" not in request.headers:
-        body = _buffered(content, limit)
-        if body is None or coding == "identity" or not body:
-            return body
-        return _decoded([body], coding, limit)
+    body = buffered_body(request, limit, coding)
+    if body is not Pending.PENDING:
+        return body
     if not timeout:
         return await _streamed(request, limit, coding)
     async with asyncio.timeout(timeout):

@@ -28,7 +28,6 @@ import math
 import termios
 import time
 import weakref
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -114,13 +113,16 @@ class Connection(web_protocol.RequestHandler):
             self.lost.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        in_body = self._body is not None and not self._body.is_eof()
+        body = self._body
+        in_body = body is not None and not body.is_eof()
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:  # a request's headers completed (or failed to parse)
-            self._disarm()
+            if self._header_handle is not None:
+                self._disarm()
             self._partial = False
-            self._body = self._messages[-1][1] if self._messages else None
+            messages = self._messages
+            self._body = messages[-1][1] if messages else None
         elif data and not in_body:  # the first bytes of the next request
             self._partial = True
             self._arm()
@@ -156,16 +158,16 @@ class Connection(web_protocol.RequestHandler):
             self._body is not None and not self._body.is_eof()
         )
 
-    async def _handle_request(
-        self,
-        request: web.BaseRequest,
-        start_time: float | None,
-        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-    ) -> tuple[web.StreamResponse, bool]:
-        try:
-            return await super()._handle_request(request, start_time, request_handler)
-        finally:
-            self._answered += 1
+    def log_access(
+        self, request: web.BaseRequest, response: web.StreamResponse, *args: Any
+    ) -> None:
+        # aiohttp calls this once per answer, once it is written (in `finish_response`): the
+        # count of answered requests, without a coroutine of ours around every request. A
+        # request that ends without an answer (its task cancelled, its connection broken)
+        # ends its connection, idle or not.
+        self._answered += 1
+        if self.access_logger is not None:  # ConnectionServer has none
+            super().log_access(request, response, *args)
 
     def stop(self) -> None:
         """Close now if idle; else once every request read so far is answered (the server's

@@ -11,12 +11,13 @@ import ssl as ssl_module
 from typing import Final
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from streamtools import _settings, _telemetry
 from streamtools._base import Capabilities, Consumer, Route, encode_reply
-from streamtools._binding import CE
-from streamtools._codec import CONTENT_TYPES, JSON, Metadata, type_name
+from streamtools._binding import ATTEMPT_HEADER, CE
+from streamtools._codec import CONTENT_TYPES, JSON, SPECVERSION, Metadata, type_name
 from streamtools._health import Endpoint
 from streamtools._types import Queue, T
 from streamtools.errors import (
@@ -26,15 +27,15 @@ from streamtools.errors import (
     ValidationError,
 )
 from streamtools.transports.http import _config
-from streamtools.transports.http._body import encoding, read_body
+from streamtools.transports.http._body import Pending, buffered_body, encoding, read_body
 from streamtools.transports.http._connection import Connection, Limits
-from streamtools.transports.http._dedup import Dedup, Key
+from streamtools.transports.http._dedup import Dedup
 from streamtools.transports.http._negotiation import accepted, body_type, converter
 from streamtools.transports.http._outcome import (
-    DUPLICATE,
     NO_CONTENT,
     RETRY_LATER,
     UNAVAILABLE,
+    Answer,
     Outcome,
     error,
     error_outcome,
@@ -44,7 +45,7 @@ from streamtools.transports.http._server import HEALTH_PATH, SharedServer
 
 logger = logging.getLogger("streamtools.http")
 
-_CE_ID_RE: Final = re.compile(r"[!-~]{1,256}")
+_valid_id: Final = re.compile(r"[!-~]{1,256}").fullmatch
 # After a shutdown timeout, how long cancelled handlers get to end before the server answers
 # their requests 503 itself (shorter than the core's grace: no message is lost by HTTP).
 _ABORT_GRACE: Final = 0.5
@@ -250,9 +251,14 @@ class HTTPConsumer(Consumer[T]):
     # -- serving ----------------------------------------------------------------------------
 
     async def _serve(self, request: web.BaseRequest, method: str) -> web.StreamResponse:
-        """Answer one request routed to this consumer."""
+        """Answer one request routed to this consumer.
+
+        The hot path of the HTTP consumer, kept flat on purpose: the checks, the metadata,
+        the dedup window and the handler run in this coroutine and `_handle_request` (with
+        telemetry on, `_handle_traced` between them), and the answer is an `Answer`.
+        """
         checked = self._check(request, method)
-        if isinstance(checked, web.StreamResponse):
+        if not isinstance(checked, str):
             if checked.status != 503:  # refusals while stopping are not the sender's fault
                 logger.info(
                     "rejected a request to /%s with %d: %s",
@@ -274,39 +280,41 @@ class HTTPConsumer(Consumer[T]):
                 f"{self.max_in_flight} requests are in flight on /{self.queue.name}; retry later",
                 RETRY_LATER,
             )
-        self._active += 1
-        try:
-            return await self._serve_checked(request, method, checked)
-        finally:
-            self._active -= 1
-
-    async def _serve_checked(
-        self, request: web.BaseRequest, method: str, content_type: str
-    ) -> web.StreamResponse:
-        checked = content_type
         headers = request.headers
-        meta = CE.read(
-            headers,
-            default_type=self._type_name,
-            ct=checked,
-            source="" if CE.source in headers else f"//{request.remote or 'unknown'}",
-            extra=False,
-        )
+        meta = self._metadata(request, headers, checked)
         reply_type = accepted(headers.get("Accept")) if method == "GET" else checked
         dedup = self._dedup if CE.id in headers else None
         key = (meta.source, meta.id)
         if dedup is not None and (known := dedup.get(key)) is not None:
-            return response(known, DUPLICATE)
+            return Answer(known, duplicate=True)
         task = asyncio.current_task()
         assert task is not None  # aiohttp runs each request in a task
-        self._track(task)
+        # Tracked for an abort until answered (the finally below; no done callback needed).
+        self._tasks.add(task)
         self._requests[task] = request
+        self._active += 1
         self._delivery_started()
         try:
-            if dedup is None:
-                outcome, _ = await self._handle(request, method, meta, reply_type)
-                return response(outcome)
-            return await self._handle_once(dedup, key, request, method, meta, reply_type)
+            if dedup is not None:
+                if key in dedup.running:
+                    # The same message is being handled right now: answer with its outcome.
+                    return Answer(await asyncio.shield(dedup.waiter(key)), duplicate=True)
+                dedup.running[key] = None
+            outcome = UNAVAILABLE
+            try:
+                if _telemetry.active():
+                    outcome, handled = await self._handle_traced(request, method, meta, reply_type)
+                else:
+                    outcome, handled = await self._handle_request(request, method, meta, reply_type)
+                # Bad input is not remembered: it never reached the handler.
+                if handled and dedup is not None:
+                    dedup.remember(key, outcome)
+            finally:
+                if dedup is not None:
+                    waiter = dedup.running.pop(key)
+                    if waiter is not None:
+                        waiter.set_result(outcome)
+            return Answer(outcome)
         except asyncio.CancelledError:
             # close() timed out on this request: answer 503 (not handled, retry elsewhere).
             if self._aborting and task.uncancel() == 0:
@@ -315,7 +323,35 @@ class HTTPConsumer(Consumer[T]):
         finally:
             self._tasks.discard(task)  # answered: a later abort must not cut the response
             self._requests.pop(task, None)
+            self._active -= 1
             self._delivery_done()
+
+    def _metadata(
+        self, request: web.BaseRequest, headers: CIMultiDictProxy[str], content_type: str
+    ) -> Metadata:
+        """The message's metadata from its CloudEvents headers (`CE.read`'s rules)."""
+        get = headers.get
+        message_id, source, time = get(CE.id), get(CE.source), get(CE.time)
+        if message_id and source is not None and time and ATTEMPT_HEADER not in headers:
+            # What a producer sends: CE.read would take these as they are (HTTP headers are
+            # text), so its rules reduce to the fallbacks of type and specversion.
+            return Metadata(
+                id=message_id,
+                type=get(CE.type) or self._type_name,
+                source=source,
+                time=time,
+                content_type=content_type,
+                specversion=get(CE.specversion) or SPECVERSION,
+                attempt=1,
+                headers={},
+            )
+        return CE.read(
+            headers,
+            default_type=self._type_name,
+            ct=content_type,
+            source="" if source is not None else f"//{request.remote or 'unknown'}",
+            extra=False,
+        )
 
     def _check(self, request: web.BaseRequest, method: str) -> str | web.StreamResponse:
         """The request's content type, or the refusal when it is not served (503, 401, 415,
@@ -332,7 +368,7 @@ class HTTPConsumer(Consumer[T]):
             )
         content_type = JSON
         if method != "GET":
-            found = body_type(headers.get("Content-Type"), request.content_type)
+            found = body_type(headers.get("Content-Type"), request)
             if found is None:
                 return error(
                     415,
@@ -352,43 +388,16 @@ class HTTPConsumer(Consumer[T]):
             if length is not None and length > self.max_body_size:
                 return response(self._too_large())
         explicit_id = headers.get(CE.id)
-        if explicit_id is not None and not _CE_ID_RE.fullmatch(explicit_id):
+        if explicit_id is not None and not _valid_id(explicit_id):
             return error(
                 400, "malformed", "the ce-id header must be 1 to 256 visible ASCII characters"
             )
         return content_type
 
-    async def _handle_once(
-        self,
-        dedup: Dedup,
-        key: Key,
-        request: web.BaseRequest,
-        method: str,
-        meta: Metadata,
-        reply_type: str,
-    ) -> web.StreamResponse:
-        """Handle a message that may be a retry: one handler run per (source, id)."""
-        if key in dedup.running:
-            # The same message is being handled right now: answer with its outcome.
-            return response(await asyncio.shield(dedup.waiter(key)), DUPLICATE)
-        dedup.running[key] = None
-        outcome = UNAVAILABLE
-        try:
-            outcome, handled = await self._handle(request, method, meta, reply_type)
-            if handled:  # bad input is not remembered: it never reached the handler
-                dedup.remember(key, outcome)
-        finally:
-            waiter = dedup.running.pop(key)
-            if waiter is not None:
-                waiter.set_result(outcome)
-        return response(outcome)
-
-    async def _handle(
+    async def _handle_traced(
         self, request: web.BaseRequest, method: str, meta: Metadata, reply_type: str
     ) -> tuple[Outcome, bool]:
-        """Decode and run the handler (traced and counted when telemetry is on)."""
-        if not _telemetry.active():
-            return await self._handle_request(request, method, meta, reply_type)
+        """`_handle_request` in the span and metrics of one delivery (telemetry on)."""
         attributes = {"http.request.method": method, "url.path": request.path}
         with self._processing(meta, attributes, carrier=request.headers) as observed:
             outcome, handled = await self._handle_request(request, method, meta, reply_type)
@@ -406,16 +415,15 @@ class HTTPConsumer(Consumer[T]):
         The status mapping is HTTP's own: bad input 400/422, the handler raised 500.
         """
         try:
-            body = (
-                converter(self.queue.message_type).to_json(request.query)
-                if method == "GET"
-                else await read_body(
-                    request,
-                    self.max_body_size,
-                    encoding(request.headers.get("Content-Encoding")) or "identity",
-                    self.body_timeout,
-                )
-            )
+            body: bytes | Pending | None
+            if method == "GET":
+                body = converter(self.queue.message_type).to_json(request.query)
+            else:
+                coding = encoding(request.headers.get("Content-Encoding")) or "identity"
+                # Usually the whole body came with the headers: taken without awaiting.
+                body = buffered_body(request, self.max_body_size, coding)
+                if body is Pending.PENDING:
+                    body = await read_body(request, self.max_body_size, coding, self.body_timeout)
             if body is None:
                 return self._too_large(), False
             reply = await self._process(self._by_method[method], body, meta)

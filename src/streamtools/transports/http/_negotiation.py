@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
+from aiohttp import web
 from multidict import MultiMapping
 
 from streamtools._codec import JSON, MSGPACK, error_path, type_name
@@ -23,13 +24,13 @@ json_encoder: Final = msgspec.json.Encoder()
 json_decoder: Final = msgspec.json.Decoder()
 
 
-def body_type(raw: str | None, parsed: str) -> str | None:
-    """The codec's content type for a request's Content-Type (`raw` as sent, `parsed` as
-    aiohttp parsed it): JSON when absent, None when unsupported."""
+def body_type(raw: str | None, request: web.BaseRequest) -> str | None:
+    """The codec's content type for a request's Content-Type (`raw` as sent): JSON when
+    absent, None when unsupported."""
     if raw is None:
         return JSON
-    # The usual exact value skips aiohttp's parse of the header.
-    return CONTENT_TYPE_ALIASES.get(raw) or CONTENT_TYPE_ALIASES.get(parsed)
+    # The usual exact value skips aiohttp's parse of the header (`request.content_type`).
+    return CONTENT_TYPE_ALIASES.get(raw) or CONTENT_TYPE_ALIASES.get(request.content_type)
 
 
 def accepted(accept: str | None) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from email.utils import formatdate
 from http import HTTPStatus
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import SERVER_SOFTWARE
 
 from streamtools._codec import JSON
 from streamtools.transports.http._negotiation import json_encoder
@@ -48,6 +52,75 @@ def response(
     if close:
         resp.force_close()
     return resp
+
+
+_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
+_DUPLICATE_LINE: Final = "".join(f"{name}: {value}\r\n" for name, value in DUPLICATE.items())
+_date_second = -1
+_date_text = ""
+
+
+def _date() -> str:
+    # The Date header (RFC 9110 6.6.1), formatted once a second.
+    global _date_second, _date_text
+    now = int(time.time())
+    if now != _date_second:
+        _date_text = formatdate(now, usegmt=True)
+        _date_second = now
+    return _date_text
+
+
+class Answer(web.StreamResponse):
+    """The answer to a message request (one that passed the checks and reached a route):
+    status line, headers and body written with one call.
+
+    The same bytes aiohttp's `web.Response` writes for it (Content-Type, Content-Length,
+    Date, Server, Connection as the request and `force_close()` ask), without its general
+    machinery: content coding, chunking, cookies, signals and five coroutines per answer
+    are for answers of unknown size and shape; these are a status and a body in memory.
+    Only for POST and GET requests (a HEAD answer has no body); a 204 has no body, no
+    Content-Length and no Content-Type, as RFC 9110 asks.
+    """
+
+    def __init__(self, outcome: Outcome, *, duplicate: bool = False) -> None:
+        super().__init__(status=outcome.status, headers=DUPLICATE if duplicate else None)
+        self._outcome = outcome
+        self._duplicate = duplicate
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
+        if self._payload_writer is not None:  # pragma: no cover - aiohttp prepares once
+            return self._payload_writer
+        writer = request.writer
+        self._req = request
+        self._payload_writer = writer
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        status, body, content_type = self._outcome
+        version = request.version
+        http10 = version == (1, 0)
+        head = [
+            f"HTTP/{version[0]}.{version[1]} {status} {_REASONS.get(status, '')}\r\n",
+            _DUPLICATE_LINE if self._duplicate else "",
+        ]
+        if body:
+            head.append(f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n")
+        head.append(f"Date: {_date()}\r\nServer: {SERVER_SOFTWARE}\r\n")
+        if keep_alive:
+            if http10:
+                head.append("Connection: keep-alive\r\n")
+        elif not http10:
+            head.append("Connection: close\r\n")
+        head.append("\r\n")
+        # One write of head and body; write_eof waits while the client is not reading.
+        await writer.write_eof("".join(head).encode("latin-1") + body)
+        self._eof_sent = True
+        self._body_length = len(body)
+        self._req = None
+        self._payload_writer = None
+        return writer
 
 
 def raw_answer(outcome: Outcome, headers: Mapping[str, str] = RETRY_LATER) -> bytes:

@@ -19,6 +19,7 @@ from streamtools import _settings
 from streamtools._base import Producer
 from streamtools._binding import CE
 from streamtools._codec import JSON, Codec, Metadata, codec_for
+from streamtools._deadlines import Deadlines
 from streamtools._delivery import backoff_delay
 from streamtools._types import Queue, T
 from streamtools.errors import (
@@ -73,12 +74,6 @@ def _client_error(exc: Exception, url: URL) -> StreamtoolsError:
     return PublishError(f"HTTP exchange with {where} failed: {exc}")
 
 
-def _client_timeout(total: float, connect: float) -> aiohttp.ClientTimeout:
-    # No rounding up to whole seconds (aiohttp's default above 5 s): request(timeout=) is a
-    # bound on the whole exchange and its first attempt relies on this timer alone.
-    return aiohttp.ClientTimeout(total=total, connect=connect, ceil_threshold=math.inf)
-
-
 def _retryable(exc: Exception) -> bool:
     if isinstance(exc, DeliveryError):
         return exc.status in _RETRY_STATUSES
@@ -98,8 +93,10 @@ class _Target:
 
     url: URL
     method: str
-    # Every header but ce-id and ce-time: copied per message (a C-level copy) and passed
-    # as a CIMultiDict, which aiohttp takes without converting it again.
+    # The target's own headers (Accept and a preset's, Content-Type): copied per message
+    # (a C-level copy) with ce-id and ce-time added, and passed as a CIMultiDict, which
+    # aiohttp takes without converting it again. The producer-wide ones (ce-type,
+    # ce-source, ce-specversion, Authorization) are the session's defaults.
     headers: CIMultiDict[str]
     codec: Codec[Any]
 
@@ -171,7 +168,7 @@ class HTTPProducer(Producer[T]):
             path="/" + self.queue.name,
         )
         self._session: aiohttp.ClientSession | None = None
-        self._client_timeout = _client_timeout(self.timeout, self.connect_timeout)
+        self._deadlines = Deadlines()
         self._targets: dict[tuple[object, str, HeadersPreset], _Target] = {}
         self._default_target: _Target | None = None
 
@@ -182,11 +179,25 @@ class HTTPProducer(Producer[T]):
         connector = aiohttp.TCPConnector(
             limit=self.max_connections, ssl=self.ssl if self.ssl is not None else True
         )
+        # aiohttp bounds connecting (and waiting for a pooled connection) only; the whole
+        # attempt is bounded by the producer's deadline timer (see _exchange).
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.connect_timeout, ceil_threshold=math.inf
+        )
+        # What every request of this producer carries goes in the session's defaults, which
+        # aiohttp copies in one call; a request adds its target's and message's headers.
+        constant = CE.constant(self._codec.type_name, self.source)
+        if self._token is not None:
+            constant["Authorization"] = f"Bearer {self._token}"
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._client_timeout, raise_for_status=False
+            connector=connector,
+            timeout=timeout,
+            raise_for_status=False,
+            headers=constant,
         )
 
     async def _close(self) -> None:
+        self._deadlines.close()
         if self._session is not None:
             await self._session.close()
 
@@ -242,56 +253,41 @@ class HTTPProducer(Producer[T]):
         # preset's content type then only picks the reply format (Accept).
         get = method == "GET"
         codec: Codec[Any] = codec_for(self.queue.message_type, JSON if get else preset.content_type)
-        headers = {**preset.headers, **CE.constant(codec.type_name, self.source)}
+        # ce-type, ce-source, ce-specversion and Authorization are the session's defaults.
+        headers = dict(preset.headers)
         if not get:
             headers["Content-Type"] = preset.content_type
-        if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token}"
         return _Target(url, method, CIMultiDict(headers), codec)
 
     async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
-        await self._exchange(self._target(options), body, meta, self._client_timeout, None)
+        target = self._default_target if not options else self._target(options)
+        if target is None:
+            target = self._target(options)
+        await self._exchange(target, body, meta, None)
 
     async def _request(
         self, body: bytes, meta: Metadata, timeout: float, options: Mapping[str, object]
     ) -> tuple[bytes, str]:
         target = self._target(options)
-        client_timeout = (
-            self._client_timeout
-            if timeout == self.timeout
-            else _client_timeout(timeout, self.connect_timeout)
-        )
-        try:
-            status, reply, content_type = await self._exchange(
-                target, body, meta, client_timeout, timeout
-            )
-        except TimeoutError:
-            raise ReplyTimeoutError(
-                f"no reply to message {meta.id} from {target.url} within {timeout} s "
-                "(retries included); the message may still be handled"
-            ) from None
+        status, reply, content_type = await self._exchange(target, body, meta, timeout)
         if status == 204 or not reply:
             return b"null", JSON  # the handler returned None, as on the other transports
         return reply, content_type
 
     async def _exchange(
-        self,
-        target: _Target,
-        body: bytes,
-        meta: Metadata,
-        client_timeout: aiohttp.ClientTimeout,
-        budget: float | None,
+        self, target: _Target, body: bytes, meta: Metadata, budget: float | None
     ) -> tuple[int, bytes, str]:
         """One message, retried: returns (status, body, content type) of a 2xx answer.
 
-        With a `budget` of seconds (request/reply) the whole exchange, retries and backoff
-        included, raises TimeoutError once it is spent. No timer of ours enforces it:
-        `client_timeout.total` is the budget, and each retry gets what is left of it.
+        Without a `budget` (send) each attempt has `timeout` seconds, else ReplyTimeoutError
+        (not retried: the message may have been handled). With a `budget` of seconds
+        (request/reply) the whole exchange, retries and backoff included, has that long,
+        else ReplyTimeoutError naming it. The producer's one deadline timer bounds both
+        (`streamtools._deadlines`: no timer per request; aiohttp's own bounds only connects).
         """
         session = self._session
-        if session is None or self.closed:
+        if session is None or self._closing is not None:
             raise ConfigurationError(f"{self!r} is closed; create a new one")
-        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
         url = target.url
         data: bytes | None = body
         if target.method == "GET":
@@ -302,46 +298,60 @@ class HTTPProducer(Producer[T]):
         headers[CE.time] = meta.time
         if meta.headers:  # the trace context, when tracing
             headers.update(meta.headers)
+        deadlines = self._deadlines
+        # Request/reply: one bound over every attempt and backoff; send: one per attempt.
+        whole = None if budget is None else deadlines.start(budget)
         attempt = 0
-        while True:
-            attempt += 1
-            try:
+        try:
+            while True:
+                attempt += 1
+                wait = whole if whole is not None else deadlines.start(self.timeout)
                 try:
-                    async with session.request(
-                        target.method, url, data=data, headers=headers, timeout=client_timeout
-                    ) as resp:
-                        reply = await resp.read()
+                    try:
+                        resp = await session.request(target.method, url, data=data, headers=headers)
+                        try:
+                            reply = await resp.read()
+                        finally:
+                            resp.release()
                         status = resp.status
                         raw_type = resp.headers.get("Content-Type") if reply else JSON
                         # The usual exact value skips aiohttp's parse of the header.
                         content_type = raw_type if raw_type in EXACT_TYPES else resp.content_type
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    if deadline is not None and type(exc) is TimeoutError:
-                        raise  # aiohttp's total timer: the budget is spent, _request says so
-                    raise _client_error(exc, url) from exc
-                if status >= 300:
-                    raise self._delivery_error(target, url, status, reply)
-                return status, reply, content_type
-            except (ConnectError, DeliveryError) as exc:
-                if attempt > self.retries or not _retryable(exc):
-                    raise
-                delay = backoff_delay(attempt, self.retry_backoff, self.max_retry_backoff)
-                logger.debug(
-                    "retrying message %s in %.2f s: %s",
-                    meta.id,
-                    delay,
-                    exc,
-                    extra={"queue": self.queue.name, "message_id": meta.id, "attempt": attempt},
-                )
-                if deadline is None:
+                    except asyncio.CancelledError:
+                        if whole is not None or not wait.timed_out():
+                            raise  # the caller's cancellation, or the budget (below)
+                        timed_out = TimeoutError()  # as aiohttp's own timer raised it
+                        raise _client_error(timed_out, url) from timed_out
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        raise _client_error(exc, url) from exc
+                    finally:
+                        if whole is None:
+                            deadlines.finish(wait)
+                    if status >= 300:
+                        raise self._delivery_error(target, url, status, reply)
+                    return status, reply, content_type
+                except (ConnectError, DeliveryError) as exc:
+                    if attempt > self.retries or not _retryable(exc):
+                        raise
+                    delay = backoff_delay(attempt, self.retry_backoff, self.max_retry_backoff)
+                    logger.debug(
+                        "retrying message %s in %.2f s: %s",
+                        meta.id,
+                        delay,
+                        exc,
+                        extra={"queue": self.queue.name, "message_id": meta.id, "attempt": attempt},
+                    )
                     await asyncio.sleep(delay)
-                    continue
-                loop = asyncio.get_running_loop()
-                await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise TimeoutError from None
-                client_timeout = _client_timeout(left, self.connect_timeout)
+        except asyncio.CancelledError:
+            if whole is None or not whole.timed_out():
+                raise
+            raise ReplyTimeoutError(
+                f"no reply to message {meta.id} from {target.url} within {budget} s "
+                "(retries included); the message may still be handled"
+            ) from None
+        finally:
+            if whole is not None:
+                deadlines.finish(whole)
 
     @staticmethod
     def _get_url(url: URL, body: bytes) -> URL:
