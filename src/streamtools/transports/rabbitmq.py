@@ -946,9 +946,8 @@ class _Stamp:
         self._id_key = _table_key(CE.id)
         self._after_id = b"".join(
             _table_key(key) + _LONG.pack(len(data)) + data
-            for key, data in ((CE.source, source.encode()), (CE.specversion, b"1.0"))
+            for key, data in ((CE.source, source.encode()), (CE.specversion, SPECVERSION.encode()))
         )
-        assert SPECVERSION == "1.0"
         self._time_key = _table_key(CE.time)
         encoded_type = type_name.encode()
         self._after_time = _table_key(CE.type) + _LONG.pack(len(encoded_type)) + encoded_type
