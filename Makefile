@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SRC := src tests examples benchmarks scripts
 PYTEST_ARGS ?=
 
-.PHONY: all venv codegen check format lint typecheck codegen-check test test-fast demo bench bench-quick dist compat mutate clean
+.PHONY: all venv codegen check format lint typecheck codegen-check node-deps test test-fast demo bench bench-quick dist compat mutate clean
 
 all: check
 
@@ -42,7 +42,21 @@ compat: $(STAMP)
 
 check: lint typecheck codegen-check compat
 
-test: check
+# The Node.js peer of tests/interop (amqplib, kafkajs; exact versions in its package-lock.json).
+# No npm fails on CI; elsewhere the interop tests then skip, saying why.
+NODE_DIR := tests/interop/node
+node-deps: $(NODE_DIR)/node_modules/.package-lock.json
+
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(NODE_DIR) && npm ci --no-audit --no-fund; \
+	elif [ -n "$$CI" ]; then \
+		echo "npm is not on PATH: the Node.js interop test needs Node.js 20+ and npm" >&2; exit 1; \
+	else \
+		echo "warning: npm is not on PATH; the Node.js interop tests will skip" >&2; \
+	fi
+
+test: check node-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
