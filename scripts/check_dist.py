@@ -16,7 +16,7 @@ from email.parser import Parser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_FORBIDDEN = ("datamodel-code-generator", "pydantic", "black", "isort")
+BASE_FORBIDDEN = ("jsonschema-rs", "datamodel-code-generator", "pydantic")
 SDIST_FORBIDDEN = re.compile(r"(^|/)(\.venv|__pycache__|build|dist|\.git|[^/]*\.egg-info)(/|$)")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]  # PyYAML comes with datamodel-code-generator
+import yaml  # type: ignore[import-untyped]  # PyYAML: pinned in the dev extra
 
 from streamtools import HTTP, KAFKA, MEMORY, RMQ
 from streamtools.codegen import generate

@@ -9,7 +9,7 @@ from streamtools import Queue, register_contracts
 
 from .invoice_issued import InvoiceIssued
 from .order_created import Customer, LineItem, OrderCreated
-from .shipment_requested import Address, Parcel, ShipmentRequested, Sku
+from .shipment_requested import Address, Parcel, ShipmentRequested
 
 BILLING_INVOICED: Queue[InvoiceIssued] = Queue("billing.invoiced", InvoiceIssued)
 ORDERS_CREATED: Queue[OrderCreated] = Queue("orders.created", OrderCreated)
@@ -36,7 +36,6 @@ __all__ = [
     "QUEUES",
     "SHIPPING_REQUESTED",
     "ShipmentRequested",
-    "Sku",
 ]
 
 # Lets a bare queue name (Producer("orders.created")) use its contract.

@@ -6,20 +6,18 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from msgspec import Meta, Struct
+import msgspec
 
 
-class InvoiceIssued(Struct, omit_defaults=True, kw_only=True):
-    """
-    Billing issued the invoice for an order.
-    """
+class InvoiceIssued(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Billing issued the invoice for an order."""
 
     invoice_id: UUID
     order_id: UUID
-    total: Annotated[float, Meta(ge=0.0)]
+    invoice_number: Annotated[str, msgspec.Meta(pattern="^INV-[0-9]{4}-[0-9]{6}\\Z")] | None = None
+    total: Annotated[float, msgspec.Meta(ge=0)]
+    tax: Annotated[float, msgspec.Meta(ge=0)] = 0
     currency: Literal["EUR", "USD", "GBP"]
-    issued_at: Annotated[datetime, Meta(tz=True)]
+    issued_at: Annotated[datetime, msgspec.Meta(tz=True)]
     due_date: date
-    invoice_number: Annotated[str, Meta(pattern="^INV-[0-9]{4}-[0-9]{6}$")] | None = None
-    tax: Annotated[float, Meta(ge=0.0)] = 0
-    payment_terms_days: Annotated[int, Meta(ge=0, le=120)] = 30
+    payment_terms_days: Annotated[int, msgspec.Meta(ge=0, le=120)] = 30

@@ -6,31 +6,29 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from msgspec import Meta, Struct
+import msgspec
 
 
-class Customer(Struct, omit_defaults=True, kw_only=True):
+class Customer(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: UUID
-    email: Annotated[str, Meta(max_length=254, min_length=3)]
-    name: Annotated[str, Meta(max_length=200, min_length=1)]
+    email: Annotated[str, msgspec.Meta(max_length=254, min_length=3)]
+    name: Annotated[str, msgspec.Meta(max_length=200, min_length=1)]
 
 
-class LineItem(Struct, omit_defaults=True, kw_only=True):
-    sku: Annotated[str, Meta(pattern="^[A-Z]{3}-[0-9]{4,8}$")]
-    quantity: Annotated[int, Meta(ge=1, le=1000)]
-    unit_price: Annotated[float, Meta(gt=0.0)]
+class LineItem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    sku: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}-[0-9]{4,8}\\Z")]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1000)]
+    unit_price: Annotated[float, msgspec.Meta(gt=0)]
 
 
-class OrderCreated(Struct, omit_defaults=True, kw_only=True):
-    """
-    A customer placed an order; the shop has accepted it and it awaits payment.
-    """
+class OrderCreated(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A customer placed an order; the shop has accepted it and it awaits payment."""
 
     order_id: UUID
-    customer: Annotated[Customer, Meta(title="Customer")]
-    items: Annotated[list[LineItem], Meta(max_length=100, min_length=1)]
+    customer: Customer
+    items: Annotated[list[LineItem], msgspec.Meta(max_length=100, min_length=1)]
     currency: Literal["EUR", "USD", "GBP"]
-    created_at: Annotated[datetime, Meta(tz=True)]
+    created_at: Annotated[datetime, msgspec.Meta(tz=True)]
     requested_delivery: date | None = None
-    note: Annotated[str, Meta(max_length=500)] | None = None
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     priority: Literal["low", "normal", "high"] = "normal"

@@ -3,38 +3,33 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Literal
 from uuid import UUID
 
-from msgspec import Meta, Struct
+import msgspec
 
 
-class Address(Struct, omit_defaults=True, kw_only=True):
-    name: Annotated[str, Meta(max_length=200, min_length=1)]
-    line1: Annotated[str, Meta(max_length=200, min_length=1)]
-    city: Annotated[str, Meta(max_length=100, min_length=1)]
-    postal_code: Annotated[str, Meta(max_length=12, min_length=2)]
-    country: Annotated[str, Meta(pattern="^[A-Z]{2}$")]
-    line2: Annotated[str, Meta(max_length=200)] | None = None
+class Address(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: Annotated[str, msgspec.Meta(max_length=200, min_length=1)]
+    line1: Annotated[str, msgspec.Meta(max_length=200, min_length=1)]
+    line2: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    city: Annotated[str, msgspec.Meta(max_length=100, min_length=1)]
+    postal_code: Annotated[str, msgspec.Meta(max_length=12, min_length=2)]
+    country: Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}\\Z")]
 
 
-Sku: TypeAlias = Annotated[str, Meta(pattern="^[A-Z]{3}-[0-9]{4,8}$")]
+class Parcel(msgspec.Struct, kw_only=True, omit_defaults=True):
+    skus: Annotated[list[Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}-[0-9]{4,8}\\Z")]], msgspec.Meta(min_length=1)]
+    weight_grams: Annotated[int, msgspec.Meta(gt=0, lt=31500)]
 
 
-class Parcel(Struct, omit_defaults=True, kw_only=True):
-    skus: Annotated[list[Sku], Meta(min_length=1)]
-    weight_grams: Annotated[int, Meta(gt=0, lt=31500)]
-
-
-class ShipmentRequested(Struct, omit_defaults=True, kw_only=True):
-    """
-    The warehouse is asked to ship the paid items of an order.
-    """
+class ShipmentRequested(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The warehouse is asked to ship the paid items of an order."""
 
     shipment_id: UUID
     order_id: UUID
     ship_to: Address
-    parcels: Annotated[list[Parcel], Meta(max_length=20, min_length=1)]
-    requested_at: Annotated[datetime, Meta(tz=True)]
+    parcels: Annotated[list[Parcel], msgspec.Meta(max_length=20, min_length=1)]
     carrier: Literal["dhl", "ups", "dpd", "royal_mail"] = "dhl"
+    requested_at: Annotated[datetime, msgspec.Meta(tz=True)]
     deliver_by: date | None = None

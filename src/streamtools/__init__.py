@@ -17,6 +17,7 @@ from streamtools._registry import (
     Registry,
     UnknownTransportError,
 )
+from streamtools._schema import enforce_schema
 from streamtools._telemetry import configure_tracing, enable_metrics
 from streamtools._types import Handler, Queue
 from streamtools.errors import (
@@ -76,6 +77,7 @@ __all__ = [
     "configure_tracing",
     "current_metadata",
     "enable_metrics",
+    "enforce_schema",
     "register_contracts",
     "registered_contracts",
 ]

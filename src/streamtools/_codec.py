@@ -13,7 +13,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Final, Generic
@@ -21,6 +21,7 @@ from typing import Any, Final, Generic
 import msgspec
 import msgspec.inspect as mi
 
+from streamtools._schema import SchemaCheck, schema_check
 from streamtools._types import T
 from streamtools.errors import (
     DecodeError,
@@ -204,9 +205,11 @@ class Codec(Generic[T]):
     """Encoder and validating decoder for one message type and one content type."""
 
     __slots__ = (
+        "_any_decode",
         "_checked",
         "_decoder",
         "_encode",
+        "_schema",
         "content_type",
         "message_type",
         "type_name",
@@ -220,15 +223,19 @@ class Codec(Generic[T]):
         if content_type == JSON:
             self._encode = _json_encoder.encode
             self._decoder = msgspec.json.Decoder(message_type)
+            self._any_decode: Callable[[Any], Any] = _json_any.decode
         elif content_type == MSGPACK:
             self._encode = _msgpack_encoder.encode
             self._decoder = msgspec.msgpack.Decoder(message_type)
+            self._any_decode = _msgpack_any.decode
         else:
             raise ValueError(
                 f"unsupported content type {content_type!r}; use one of {CONTENT_TYPES}"
             )
         # Decided once per type: whether `encode(validate=True)` needs its second pass.
         self._checked = self.type_name != "json" and has_constraints(message_type, content_type)
+        # A contract msgspec cannot check alone (codegen decided): the validator checks it all.
+        self._schema: SchemaCheck | None = schema_check(message_type)
 
     def encode(self, msg: T, *, validate: bool = True) -> bytes:
         """Serialise `msg`; with `validate`, check it against its schema first.
@@ -246,7 +253,15 @@ class Codec(Generic[T]):
                 f"cannot encode {self.type_name} message: {exc}; "
                 "fields must hold JSON-compatible values of their declared types"
             ) from exc
-        if validate and self._checked:
+        if validate and self._schema is not None:
+            problem = self._schema.problem(self._any_decode(data))
+            if problem is not None:
+                raise ValidationError(
+                    f"invalid {self.type_name} message: {problem[0]} - at `{problem[1]}`; fix "
+                    "the value before sending (or pass validate=False to skip the check)",
+                    path=problem[1],
+                )
+        elif validate and self._checked:
             try:
                 self._decoder.decode(data)
             except msgspec.ValidationError as exc:
@@ -259,6 +274,8 @@ class Codec(Generic[T]):
 
     def decode(self, data: bytes | bytearray | memoryview) -> T:
         """Decode and validate `data` into the message type in one pass."""
+        if self._schema is not None:
+            return self._decode_checked(data, self._schema)
         try:
             return self._decoder.decode(data)
         except msgspec.ValidationError as exc:
@@ -274,7 +291,35 @@ class Codec(Generic[T]):
                 f"malformed {self.content_type} body: nested too deeply to decode"
             ) from None
 
+    def _decode_checked(self, data: bytes | bytearray | memoryview, schema: SchemaCheck) -> T:
+        """The validator's path: decode to builtins, check the schema, convert to the type."""
+        try:
+            document = self._any_decode(data)
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"malformed {self.content_type} body: {exc}") from exc
+        except RecursionError:
+            raise DecodeError(
+                f"malformed {self.content_type} body: nested too deeply to decode"
+            ) from None
+        problem = schema.problem(document)
+        if problem is not None:
+            raise ValidationError(
+                f"{self.type_name} message does not match its schema: {problem[0]} - at "
+                f"`{problem[1]}`",
+                path=problem[1],
+            )
+        try:
+            converted: T = msgspec.convert(document, self.message_type)
+            return converted
+        except msgspec.ValidationError as exc:
+            raise ValidationError(
+                f"{self.type_name} message does not match its schema: {exc}",
+                path=error_path(exc),
+            ) from exc
 
+
+_json_any = msgspec.json.Decoder()
+_msgpack_any = msgspec.msgpack.Decoder()
 _codecs: dict[tuple[type[Any], str], Codec[Any]] = {}
 
 
