@@ -1,0 +1,231 @@
+"""Contracts from schemas other teams write (tests/contracts/polyglot): camelCase wire names, an
+`allOf` over a shared base in another file, an OpenAPI discriminator, `nullable`, human titles,
+a property called `$schema` or `type`, unknown formats and keywords, an object without
+properties. Generated, round-tripped, and every violation rejected on both ends, naming the
+wire field."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+import pytest
+
+from streamtools import MEMORY, ValidationError
+from streamtools._codec import Codec
+from streamtools._schema import schema_check
+from streamtools.codegen import generate, run
+from streamtools.codegen._patterns import to_python
+
+POLYGLOT = Path(__file__).parent / "contracts" / "polyglot"
+
+
+@pytest.fixture(scope="module")
+def poly(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    root = tmp_path_factory.mktemp("poly")
+    generate(POLYGLOT, root / "polyglot_contracts")
+    sys.path.insert(0, str(root))
+    try:
+        yield importlib.import_module("polyglot_contracts")
+    finally:
+        sys.path.remove(str(root))
+
+
+def _order(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "eventId": str(uuid.uuid4()),
+        "occurredAt": "2026-12-05T10:00:00Z",
+        "orderId": str(uuid.uuid4()),
+        "customerName": "Ada",
+        "total": {"amountCents": 1250, "currency": "EUR"},
+        "lines": [{"sku": "ABC-1234", "quantity": 2}],
+        "$schema": "https://example.com/order.json",
+        "type": "order.placed",
+    }
+    body.update(overrides)
+    return body
+
+
+def test_names_classes_and_modules(poly: ModuleType) -> None:
+    assert {"OrderPlaced", "PaymentReceived", "ServiceHeartbeat", "Money", "Card"} <= set(
+        poly.__all__
+    )
+    assert poly.POLYGLOT_ORDERS.message_type is poly.OrderPlaced
+    fields = {f.name: f.encode_name for f in msgspec.structs.fields(poly.OrderPlaced)}
+    assert fields["order_id"] == "orderId"
+    assert fields["schema"] == "$schema"
+    assert fields["type"] == "type"
+    assert fields["customer_name"] == "customerName"
+    # the shared Money is generated once, in common.py, and imported where used
+    assert poly.OrderPlaced.__annotations__["total"] == "Money"
+    assert importlib.import_module("polyglot_contracts.common").Money is poly.Money
+
+
+def test_camel_case_round_trip_keeps_wire_names(poly: ModuleType) -> None:
+    codec: Codec[Any] = Codec(poly.OrderPlaced)
+    body = _order(couponCode=None, tags=["a", "b"], placedVia="/web")
+    msg = codec.decode(json.dumps(body).encode())
+    assert msg.total.amount_cents == 1250
+    assert msg.lines[0].quantity == 2
+    assert msg.coupon_code is None
+    wire = json.loads(codec.encode(msg))
+    assert wire["orderId"] == body["orderId"]
+    assert wire["total"] == {"amountCents": 1250, "currency": "EUR"}
+    assert "order_id" not in wire
+    assert "amount_cents" not in json.dumps(wire)
+
+
+def test_tagged_union_and_nullable(poly: ModuleType) -> None:
+    codec: Codec[Any] = Codec(poly.PaymentReceived)
+    assert schema_check(poly.PaymentReceived) is None  # msgspec alone is exact here
+    base = {"paymentId": str(uuid.uuid4()), "amount": {"amountCents": 5, "currency": "GBP"}}
+    card = codec.decode(json.dumps({**base, "method": {"kind": "card", "last4": "4242"}}).encode())
+    assert isinstance(card.method, poly.Card)
+    bank = codec.decode(
+        json.dumps(
+            {**base, "method": {"kind": "bank_transfer", "iban": "GB29NWBK60161331926819"}}
+        ).encode()
+    )
+    assert isinstance(bank.method, poly.BankTransfer)
+    assert json.loads(codec.encode(card))["method"] == {"kind": "card", "last4": "4242"}
+    nulled = codec.decode(
+        json.dumps(
+            {**base, "method": {"kind": "card", "last4": "0000"}, "reference": None}
+        ).encode()
+    )
+    assert nulled.reference is None
+    with pytest.raises(ValidationError, match="kind"):
+        codec.decode(json.dumps({**base, "method": {"kind": "cash"}}).encode())
+    heartbeat: Codec[Any] = Codec(poly.ServiceHeartbeat)
+    assert heartbeat.decode(b'{"anything": 1}') == poly.ServiceHeartbeat()
+
+
+VIOLATIONS = [
+    ({"total": {"amountCents": -5, "currency": "EUR"}}, "$.total.amountCents"),
+    ({"total": {"amountCents": 5, "currency": "EUR", "extra": 1}}, "$.total"),
+    ({"lines": []}, "$.lines"),
+    ({"lines": [{"sku": "ABC-١٢٣٤", "quantity": 1}]}, "$.lines[0].sku"),  # ECMA \d is ASCII
+    ({"lines": [{"sku": "ABC-1234\n", "quantity": 1}]}, "$.lines[0].sku"),  # $ is the end
+    ({"couponCode": "bad coupon"}, "$.couponCode"),
+    ({"tags": ["a", "a"]}, "$.tags"),  # uniqueItems: the validator's
+    ({"occurredAt": "2026-12-05T10:00:00"}, "$.occurredAt"),  # no offset
+    ({"orderId": 7}, "$.orderId"),
+]
+
+
+@pytest.mark.parametrize(("change", "path"), VIOLATIONS)
+def test_every_violation_is_rejected_on_both_ends_naming_the_wire_field(
+    poly: ModuleType, change: dict[str, Any], path: str
+) -> None:
+    codec: Codec[Any] = Codec(poly.OrderPlaced)
+    body = json.dumps(_order(**change)).encode()
+    with pytest.raises(ValidationError) as received:
+        codec.decode(body)
+    assert received.value.path == path, received.value
+    assert path.rsplit(".", 1)[-1].split("[")[0] in str(received.value)
+    # the send path: a message built without checks (as a constructor does) is refused too
+    unchecked = poly.OrderPlaced(**{**_fields(poly, body)})
+    with pytest.raises(ValidationError) as sent:
+        codec.encode(unchecked, validate=True)
+    assert sent.value.path == path, sent.value
+
+
+def _fields(poly: ModuleType, body: bytes) -> dict[str, Any]:
+    """The attributes of an OrderPlaced built from `body` without any check."""
+    raw = json.loads(body)
+    names = {f.encode_name: f.name for f in msgspec.structs.fields(poly.OrderPlaced)}
+    return {names[key]: value for key, value in raw.items()}
+
+
+async def test_a_memory_round_trip_dead_letters_the_invalid_naming_the_field(
+    poly: ModuleType,
+) -> None:
+    from streamtools import CONSUMER_LOOPS, PRODUCERS, Queue
+
+    queue = Queue(f"poly.{uuid.uuid4().hex[:8]}", poly.OrderPlaced)
+    producer = PRODUCERS[MEMORY](queue)
+    consumer = CONSUMER_LOOPS[MEMORY](queue, max_retries=0, retry_delay=0.01)
+    got: list[Any] = []
+
+    @consumer()
+    async def handle(msg: Any) -> None:
+        got.append(msg)
+
+    await producer.a_init()
+    await consumer.a_init()
+    good = msgspec.convert(_order(), poly.OrderPlaced)
+    await producer.send(good)
+    with pytest.raises(ValidationError, match="amountCents"):
+        await producer.send(
+            poly.OrderPlaced(
+                **{
+                    **_fields(
+                        poly,
+                        json.dumps(_order(total={"amountCents": -1, "currency": "EUR"})).encode(),
+                    )
+                }
+            )
+        )
+    import asyncio
+
+    runner = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(200):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await consumer.close()
+        await producer.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert got == [good]
+    assert got[0].occurred_at == datetime(2026, 12, 5, 10, tzinfo=UTC)
+
+
+def test_a_contract_needing_the_validator_says_so_at_import(tmp_path: Path) -> None:
+    generate(POLYGLOT, tmp_path / "needs_validator")
+    code = (
+        "import sys; sys.modules['jsonschema_rs'] = None; sys.path.insert(0, sys.argv[1])\n"
+        "import needs_validator\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert "OrderPlaced has schema keywords msgspec cannot check" in done.stderr
+    assert "pip install 'streamtools[validator]'" in done.stderr
+
+
+def test_unknown_keywords_are_named_in_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(str(POLYGLOT), str(tmp_path / "out")) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err
+    assert "unknown keywords taken as annotations (JSON Schema 2020-12): javaType" in err
+
+
+@pytest.mark.parametrize(
+    ("ecma", "python"),
+    [
+        (r"^\d+$", r"^[0-9]+\Z"),
+        (r"^[\w.-]+$", r"^[a-zA-Z0-9_.-]+\Z"),
+        (r"(?<year>\d{4})", r"(?P<year>[0-9]{4})"),
+        (r"a.c", "a[^\\n\\r\\u2028\\u2029]c"),
+        (r"^\p{L}+$", None),  # property escapes: the validator's
+        (r"\bword\b", None),  # word boundaries differ: the validator's
+        (r"(?i)abc", None),  # not ECMA-262
+    ],
+)
+def test_ecma_patterns_translate_exactly_or_not_at_all(ecma: str, python: str | None) -> None:
+    assert to_python(ecma) == python
