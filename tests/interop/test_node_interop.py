@@ -2,7 +2,8 @@
 
 The Node side (tests/interop/node/: amqplib, kafkajs, fetch and node:http, nothing of
 ours) sends the camelCase JSON of tests/contracts/polyglot/ to streamtools consumers and
-reads what streamtools producers send, over RabbitMQ, Kafka and HTTP:
+reads what streamtools producers send, over RabbitMQ, Kafka and HTTP. The Python side uses
+the package `streamtools codegen` generates from those schemas at test time:
 
 - the handler gets the validated Struct (snake_case attributes, the wire's values);
 - an invalid message never reaches the handler: it is dead-lettered to `<queue>.dlq` with
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -171,12 +174,33 @@ async def node_run(node: str, script: str, *args: str, events: int) -> list[dict
 # --- contracts -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def contracts() -> ModuleType:
-    """The Structs of tests/contracts/polyglot/ (until codegen generates them: a stand-in)."""
-    from tests.interop import _standin
+CONTRACTS_DIR = Path(__file__).parents[1] / "contracts" / "polyglot"
 
-    return _standin
+
+@pytest.fixture(scope="session")
+def contracts(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    """The package `streamtools codegen` generates from tests/contracts/polyglot/, imported.
+
+    Imported under a name of its own, and the queues it registers on import are taken back
+    out of the process-wide registry: another test generating the same schemas (other
+    classes, same queue names) must not clash with these. The tests use unique queue names.
+    """
+    from streamtools import _contracts
+    from streamtools.codegen import generate
+
+    out = tmp_path_factory.mktemp("interop")
+    package = "interop_polyglot_contracts"
+    generate(CONTRACTS_DIR, out / package)
+    registered = dict(_contracts._contracts)
+    sys.path.insert(0, str(out))
+    try:
+        _contracts._contracts.clear()
+        module = importlib.import_module(package)
+    finally:
+        sys.path.remove(str(out))
+        _contracts._contracts.clear()
+        _contracts._contracts.update(registered)
+    return module
 
 
 def order_wire(amount_cents: int = 1999) -> dict[str, Any]:
@@ -586,20 +610,28 @@ async def test_http_invalid_node_post_is_answered_422_naming_the_wire_field(
         got.append(msg)
 
     invalid, valid = order_wire(amount_cents=-5), order_wire()
+    # `uniqueItems` is a keyword msgspec cannot express: the JSON Schema validator checks it.
+    repeated = {**order_wire(), "tags": ["gift", "gift"]}
     async with serving(consumer):
-        rejected, accepted = await node_run(
-            node, "http.mjs", "send", consumer.url, json.dumps([invalid, valid]), events=2
+        rejected, repeated_tags, accepted = await node_run(
+            node,
+            "http.mjs",
+            "send",
+            consumer.url,
+            json.dumps([invalid, repeated, valid]),
+            events=3,
         )
-    print(f"\n422 as fetch() reads it: {rejected}")
-    assert rejected["status"] == 422, rejected
-    assert rejected["contentType"].startswith("application/json")
-    error = json.loads(rejected["body"])
-    assert error["error"] == "validation"
-    assert error["path"] == "$.total.amountCents"
-    assert "amountCents" in error["detail"]
+    print(f"\n422s as fetch() reads them: {rejected}, {repeated_tags}")
+    for answer, path in ((rejected, "$.total.amountCents"), (repeated_tags, "$.tags")):
+        assert answer["status"] == 422, answer
+        assert answer["contentType"].startswith("application/json")
+        error = json.loads(answer["body"])
+        assert error["error"] == "validation"
+        assert error["path"] == path
+        assert path in error["detail"]
     assert "amount_cents" not in rejected["body"]
     assert accepted["status"] == 204, accepted
-    [msg] = got  # the invalid one never reached the handler
+    [msg] = got  # neither invalid one reached the handler
     assert_order_matches(msg, valid, contracts)
 
 
