@@ -153,7 +153,8 @@ class HeaderBinding:
         return Metadata(
             id=text(get(self.id)) or id or uuid.uuid4().hex,
             type=text(get(self.type)) or type or default_type,
-            source=text(get(self.source)) or source,
+            # CloudEvents requires a non-empty source: a foreign sender that set none gets this
+            source=text(get(self.source)) or source or UNKNOWN_SOURCE,
             time=text(get(self.time)) or time or _now(),
             content_type=ct,
             specversion=text(get(self.specversion)) or SPECVERSION,
@@ -161,6 +162,9 @@ class HeaderBinding:
             headers=found,
         )
 
+
+UNKNOWN_SOURCE: Final = "urn:streamtools:unknown-source"
+"""The `source` of a message whose sender set none (CloudEvents requires one)."""
 
 CE: Final = HeaderBinding("ce-")
 """The binding of HTTP and AMQP."""
