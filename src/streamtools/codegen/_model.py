@@ -136,6 +136,8 @@ _OBJECT = frozenset(
         "dependencies",
     }
 )
+# Object keywords a Struct cannot express: the validator checks them.
+_OBJECT_BY_VALIDATOR = tuple(sorted(_OBJECT - {"properties", "required", "additionalProperties"}))
 _JSON_TYPES = ("boolean", "object", "array", "number", "integer", "string", "null")
 
 
@@ -780,16 +782,7 @@ class Translator:
             types = self._types(node)
             if types is not None and "object" not in types:
                 struct.exact = False
-            for key in (
-                "patternProperties",
-                "propertyNames",
-                "minProperties",
-                "maxProperties",
-                "dependentRequired",
-                "dependentSchemas",
-                "unevaluatedProperties",
-                "dependencies",
-            ):
+            for key in _OBJECT_BY_VALIDATOR:
                 if key in node:
                     struct.exact = False
             props = node.get("properties", {})
