@@ -17,7 +17,7 @@ from streamtools._registry import (
     Registry,
     UnknownTransportError,
 )
-from streamtools._schema import enforce_schema
+from streamtools._schema import enforce_schema, field_check, schema_registry
 from streamtools._telemetry import configure_tracing, enable_metrics
 from streamtools._types import Handler, Queue
 from streamtools.errors import (
@@ -78,6 +78,8 @@ __all__ = [
     "current_metadata",
     "enable_metrics",
     "enforce_schema",
+    "field_check",
     "register_contracts",
     "registered_contracts",
+    "schema_registry",
 ]

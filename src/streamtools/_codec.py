@@ -36,6 +36,8 @@ CONTENT_TYPES: Final = (JSON, MSGPACK)
 SPECVERSION: Final = "1.0"
 
 _PATH_RE = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")  # a bad dict key: its dict
+# A Struct's own field check: msgspec adds the Struct's path, except at the root.
+_FIELD_RE = re.compile(r" - at `\$([.\[][^`]*)`(?: - at `(\$[^`]*)`)?$")
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
@@ -134,8 +136,21 @@ def type_name(message_type: type[Any]) -> str:
 
 def error_path(exc: msgspec.ValidationError) -> str:
     """The `$.field[0].path` msgspec names at the end of a validation message, or ""."""
-    match = _PATH_RE.search(str(exc))
+    text = str(exc)
+    field = _FIELD_RE.search(text)
+    if field is not None:  # a Struct's own field check: its field's path under the Struct's
+        return (field.group(2) or "$") + field.group(1)
+    match = _PATH_RE.search(text)
     return match.group(1) if match else ""
+
+
+def error_text(exc: msgspec.ValidationError) -> str:
+    """msgspec's message, a Struct's own field check named by its whole path."""
+    text = str(exc)
+    field = _FIELD_RE.search(text)
+    if field is None:
+        return text
+    return f"{text[: field.start()]} - at `{field.group(2) or '$'}{field.group(1)}`"
 
 
 # What decoding checks beyond the declared type, per msgspec.inspect node. Types not named
@@ -266,8 +281,8 @@ class Codec(Generic[T]):
                 self._decoder.decode(data)
             except msgspec.ValidationError as exc:
                 raise ValidationError(
-                    f"invalid {self.type_name} message: {exc}; fix the value before sending "
-                    "(or pass validate=False to skip the check)",
+                    f"invalid {self.type_name} message: {error_text(exc)}; fix the value before "
+                    "sending (or pass validate=False to skip the check)",
                     path=error_path(exc),
                 ) from exc
         return data
@@ -280,7 +295,7 @@ class Codec(Generic[T]):
             return self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise ValidationError(
-                f"{self.type_name} message does not match its schema: {exc}",
+                f"{self.type_name} message does not match its schema: {error_text(exc)}",
                 path=error_path(exc),
             ) from exc
         except msgspec.DecodeError as exc:
@@ -313,7 +328,7 @@ class Codec(Generic[T]):
             return converted
         except msgspec.ValidationError as exc:
             raise ValidationError(
-                f"{self.type_name} message does not match its schema: {exc}",
+                f"{self.type_name} message does not match its schema: {error_text(exc)}",
                 path=error_path(exc),
             ) from exc
 

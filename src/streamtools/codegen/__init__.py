@@ -199,9 +199,8 @@ def _render(schemas_dir: Path, problems: Problems) -> dict[str, bytes]:
             )
         )
     _check_unique(messages, problems)
-    for message in [] if problems.errors else messages:
-        if not translator.exact(message.struct):
-            message.schema = _validator_schema(folder, message.struct.doc, problems)
+    for message in messages:
+        message.whole = not translator.exact(message.struct)
     problems.raise_any()
     by_module: dict[str, list[StructDef]] = {}
     for struct in translator.structs.values():
@@ -212,8 +211,14 @@ def _render(schemas_dir: Path, problems: Problems) -> dict[str, bytes]:
     for module, structs in sorted(by_module.items()):
         own = [m for m in messages if m.struct.module == module]
         source = _relative(schemas_dir, docs_by_module[module].path)
-        files[f"{module}.py"] = module_source(module, source, structs, own).encode()
+        checks = sorted({uri for s in structs for f in s.fields for uri in f.checks})
+        wholes = [m.struct.doc.uri + "#" for m in own if m.whole]
+        documents = None
+        if checks or wholes:
+            documents = _documents(folder, [*checks, *wholes], docs_by_module[module], problems)
+        files[f"{module}.py"] = module_source(module, source, structs, own, documents).encode()
         exports[module] = sorted(s.name for s in structs)
+    problems.raise_any()
     files["__init__.py"] = init_source(messages, exports).encode()
     return dict(sorted(files.items()))
 
@@ -361,14 +366,15 @@ def _check_unique(messages: list[Message], problems: Problems) -> None:
 # --- the validator's view of a schema ----------------------------------------------------
 
 
-def _validator_schema(
-    folder: Folder, doc: Document, problems: Problems
-) -> tuple[str, dict[str, Any]] | None:
-    """The documents the validator needs for `doc` (by URI), as it should read them."""
+def _documents(
+    folder: Folder, uris: list[str], owner: Document, problems: Problems
+) -> dict[str, Any] | None:
+    """The documents (by URI) the validator needs for the subschemas at `uris`, as it should
+    read them; each of `uris` is compiled here, so that a schema it refuses fails codegen."""
     import jsonschema_rs
 
     needed: dict[str, Document] = {}
-    pending = [doc]
+    pending = [folder.by_uri[uri.split("#")[0]] for uri in uris]
     while pending:
         current = pending.pop()
         if current.uri in needed:
@@ -383,11 +389,12 @@ def _validator_schema(
     documents = {uri: _for_validator(needed[uri]) for uri in sorted(needed)}
     try:
         registry = jsonschema_rs.Registry(list(documents.items()))
-        jsonschema_rs.validator_for({"$ref": doc.uri}, registry=registry, validate_formats=True)
+        for uri in uris:
+            jsonschema_rs.validator_for({"$ref": uri}, registry=registry, validate_formats=True)
     except Exception as exc:  # jsonschema-rs raises several types for a schema it refuses
-        problems.add(doc.path, f"the JSON Schema validator refuses the schema: {exc}", "fix it")
+        problems.add(owner.path, f"the JSON Schema validator refuses the schema: {exc}", "fix it")
         return None
-    return doc.uri, documents
+    return documents
 
 
 def _for_validator(doc: Document) -> Any:

@@ -20,9 +20,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from streamtools.codegen import _naming
-from streamtools.codegen._load import Document, Folder, Loc
+from streamtools.codegen._load import Document, Folder, Loc, walk
 from streamtools.codegen._patterns import to_python
 from streamtools.codegen._problems import Problems
 
@@ -175,6 +176,9 @@ class FieldDef:
     default: str | None = None
     """Python source of the default value, or None for no default."""
     factory: bool = False
+    checks: list[str] = field(default_factory=list)
+    """URIs of the subschemas the validator checks this field's value against (in the Struct's
+    `__post_init__`): set where msgspec is not exact and the value is plain JSON."""
 
 
 @dataclass
@@ -188,6 +192,12 @@ class PyType:
     structs: tuple[StructDef, ...] = ()
     names: frozenset[str] = frozenset()
     """Names the expression uses from typing, uuid, datetime (Annotated, UUID, date, ...)."""
+
+    @property
+    def plain_json(self) -> bool:
+        """Whether a value of this type is the JSON value as decoded (no Struct, UUID, dates):
+        then the validator can check it as it is, exactly."""
+        return not self.structs and self.names <= {"Any", "Literal", "Annotated"}
 
     def loose(self) -> PyType:
         return PyType(self.text, self.kind, False, self.structs, self.names)
@@ -242,6 +252,13 @@ class Translator:
         self.structs: dict[str, StructDef] = {}
         self.class_names: dict[str, set[str]] = {}
         self.in_progress: set[str] = set()
+        # $dynamicRef resolves against the path it was reached by: checked whole, never by field
+        self.dynamic = any(
+            isinstance(loc.node, dict)
+            and ("$dynamicRef" in loc.node or "$recursiveRef" in loc.node)
+            for doc in folder.documents
+            for loc in walk(doc.root)
+        )
 
     # --- entry points --------------------------------------------------------------------
 
@@ -271,7 +288,7 @@ class Translator:
             if not current.exact or (current.tag_field is not None and current.used_directly):
                 return False
             for item in current.fields:
-                if not item.type.exact:
+                if not item.type.exact and not item.checks:
                     return False
                 stack.extend(item.type.structs)
         return True
@@ -838,7 +855,18 @@ class Translator:
                     typed = typed.loose()
             is_required = wire in required
             default, factory = (None, False) if is_required else _default(locs, typed)
-            struct.fields.append(FieldDef(attr, wire, typed, is_required, default, factory))
+            item = FieldDef(attr, wire, typed, is_required, default, factory)
+            if locs and not typed.exact and typed.plain_json and not self.dynamic:
+                item.checks = [location_uri(other) for other in locs]
+            struct.fields.append(item)
+
+
+def location_uri(loc: Loc) -> str:
+    """The URI of the subschema at `loc` (its document's URI and JSON pointer fragment)."""
+    return f"{loc.doc.uri}#{quote(loc.where.removeprefix('#'), safe=_POINTER_SAFE)}"
+
+
+_POINTER_SAFE = "/~!$&'()*+,;=:@-._"
 
 
 def _only_ref(loc: Loc) -> Loc:

@@ -34,8 +34,8 @@ class Message:
     constant: str | None
     source: str
     """The schema file's name, relative to the schemas folder."""
-    schema: tuple[str, Mapping[str, Any]] | None = None
-    """(the root's URI, every document it needs by URI) when msgspec alone is not exact."""
+    whole: bool = False
+    """Whether the validator checks the whole message (msgspec and field checks are not exact)."""
 
 
 def module_source(
@@ -43,7 +43,9 @@ def module_source(
     source: str,
     structs: Sequence[StructDef],
     messages: Sequence[Message],
+    documents: Mapping[str, Any] | None,
 ) -> str:
+    """One module; `documents` (by URI) when a field check or a whole message needs them."""
     names: set[str] = set()
     imported: dict[str, set[str]] = {}
     for struct in structs:
@@ -68,33 +70,45 @@ def module_source(
     if stdlib:
         lines.append("")
     lines.append("import msgspec")
-    checked = [m for m in messages if m.schema is not None]
-    if checked:
+    whole = [m for m in messages if m.whole]
+    checks: dict[str, str] = {}
+    for struct in sorted(structs, key=lambda s: s.name):
+        for item in struct.fields:
+            for uri in item.checks:
+                checks.setdefault(uri, f"_check_{len(checks) + 1}")
+    if documents is not None:
+        helpers = ["schema_registry"]
+        helpers += ["field_check"] if checks else []
+        helpers += ["enforce_schema"] if whole else []
         lines.append("")
-        lines.append("from streamtools import enforce_schema")
+        lines.append(f"from streamtools import {', '.join(sorted(helpers))}")
     if imported:
         lines.append("")
         for origin in sorted(imported):
             lines.append(f"from .{origin} import {', '.join(sorted(imported[origin]))}")
-    for struct in sorted(structs, key=lambda s: s.name):
-        lines.append("")
-        lines.append("")
-        lines.extend(_class(struct))
-    for message in checked:
-        assert message.schema is not None
-        uri, documents = message.schema
+    if documents is not None:
         text = json.dumps(documents, separators=(",", ":"), ensure_ascii=True)
         lines.append("")
         lines.append(
-            "# msgspec cannot check every keyword of this schema: the validator checks it all."
+            "# The keywords msgspec cannot check are the JSON Schema validator's (jsonschema-rs)."
         )
-        lines.append(
-            f"enforce_schema({message.struct.name}, {json.dumps(uri)}, {json.dumps(text)})"
-        )
+        lines.append(f"_SCHEMAS = schema_registry(__name__, {json.dumps(text)})")
+        for uri, name in checks.items():
+            lines.append(f"{name} = field_check(_SCHEMAS, {json.dumps(uri)})")
+    for struct in sorted(structs, key=lambda s: s.name):
+        lines.append("")
+        lines.append("")
+        lines.extend(_class(struct, checks))
+    if whole:
+        lines.append("")
+        lines.append("# A rule on the message as a whole: the validator checks all of it.")
+        for message in whole:
+            uri = message.struct.doc.uri + "#"
+            lines.append(f"enforce_schema({message.struct.name}, {json.dumps(uri)}, _SCHEMAS)")
     return "\n".join(lines) + "\n"
 
 
-def _class(struct: StructDef) -> list[str]:
+def _class(struct: StructDef, checks: Mapping[str, str]) -> list[str]:
     options = ["msgspec.Struct", "kw_only=True", "omit_defaults=True"]
     if struct.forbid_unknown_fields:
         options.append("forbid_unknown_fields=True")
@@ -117,12 +131,29 @@ def _class(struct: StructDef) -> list[str]:
         body.append("")
     fields = [f for f in struct.fields if f.wire != struct.tag_field]
     body.extend(_field(item) for item in fields)
+    checked = [item for item in fields if item.checks]
+    if checked:
+        body.append("")
+        body.append("def __post_init__(self) -> None:")
+        for item in checked:
+            where = json.dumps(_wire_path(item.wire))
+            calls = [f"{checks[uri]}(self.{item.attr}, {where})" for uri in item.checks]
+            if item.required:
+                body.extend(f"    {call}" for call in calls)
+            else:
+                body.append(f"    if self.{item.attr} is not None:")
+                body.extend(f"        {call}" for call in calls)
     if not fields and not struct.description:
         body.append("pass")
     elif not fields:
         body.pop()
     lines.extend(f"    {line}" if line else "" for line in "\n".join(body).split("\n"))
     return lines
+
+
+def _wire_path(wire: str) -> str:
+    """`.orderId`, or `["order id"]`: the field's step in a `$.json.path`."""
+    return f".{wire}" if wire.isidentifier() else f"[{json.dumps(wire)}]"
 
 
 def _docstring(text: str) -> str:

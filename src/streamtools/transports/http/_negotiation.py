@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 from multidict import MultiMapping
 
-from streamtools._codec import JSON, MSGPACK, error_path, type_name
+from streamtools._codec import JSON, MSGPACK, error_path, error_text, type_name
 from streamtools.errors import DecodeError, ValidationError
 
 CONTENT_TYPE_ALIASES: Final[Mapping[str, str]] = {
@@ -127,7 +127,8 @@ class QueryConverter:
             msg = msgspec.convert(data, self.message_type, strict=False)
         except msgspec.ValidationError as exc:
             raise ValidationError(
-                f"{type_name(self.message_type)} message does not match its schema: {exc}",
+                f"{type_name(self.message_type)} message does not match its schema: "
+                f"{error_text(exc)}",
                 path=error_path(exc),
             ) from exc
         return json_encoder.encode(msg)
