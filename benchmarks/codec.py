@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import msgspec
 from benchmarks.harness import CODEC_DECODE, CODEC_ENCODE, Case, Contender, Workload, time_ops
 from examples.contracts import OrderCreated
 from examples.orders import make_order
-from streamtools._codec import codec_for, new_metadata
+from streamtools._codec import Codec, codec_for, new_metadata
 
 
 def _pydantic_model() -> Any:
@@ -44,6 +45,108 @@ def _pydantic_model() -> Any:
 
     _ = datetime
     return Order
+
+
+# Issue 19: a contract that needs the JSON Schema validator costs at most 1.5x the same
+# message's msgspec-only decode.
+VALIDATOR_GOAL = 1 / 1.5
+
+_BASE_SCHEMA: dict[str, Any] = {
+    "title": "Shipment",
+    "type": "object",
+    "required": ["shipmentId", "lines", "tags"],
+    "properties": {
+        "shipmentId": {"type": "string", "format": "uuid"},
+        "lines": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["sku", "quantity"],
+                "properties": {
+                    "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+                    "quantity": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_SHIPMENT = {
+    "shipmentId": "7b0f9a2e-1c55-4c1e-9d33-6f3c7e0f2a11",
+    "lines": [{"sku": f"ABC-{1000 + n}", "quantity": n + 1} for n in range(5)],
+    "tags": ["fragile", "express", "gift"],
+}
+
+
+def _generated(name: str, schema: dict[str, Any]) -> type[Any]:
+    """The Struct codegen makes of `schema` (in a package of its own under a temp dir)."""
+    import importlib
+    import json
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from streamtools.codegen import generate
+
+    root = Path(tempfile.mkdtemp(prefix="st-bench-"))
+    (root / "schemas").mkdir()
+    (root / "schemas" / "shipment.json").write_text(json.dumps(schema))
+    generate(root / "schemas", root / name)
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(name).Shipment  # type: ignore[no-any-return]
+    finally:
+        sys.path.remove(str(root))
+
+
+def validator_cases(ops: int) -> list[Case]:
+    """Decoding a contract that needs the validator against the same message's msgspec-only
+    decode: a rule on a field (checked field by field) and a rule on the whole object."""
+    exact = _generated("bench_exact", _BASE_SCHEMA)
+    by_field = _generated(
+        "bench_by_field",
+        {
+            **_BASE_SCHEMA,
+            "properties": {
+                **_BASE_SCHEMA["properties"],
+                "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            },
+        },
+    )
+    whole = _generated(
+        "bench_whole", {**_BASE_SCHEMA, "propertyNames": {"pattern": "^[a-z][A-Za-z]*$"}}
+    )
+    body = msgspec.json.encode(_SHIPMENT)
+    exact_codec = codec_for(exact)
+
+    def loop(call: Callable[[], object]) -> Workload:
+        async def body_() -> None:
+            for _ in range(ops):
+                call()
+
+        async def run() -> tuple[int, float]:
+            return await time_ops(ops, body_)
+
+        return run
+
+    cases_: list[Case] = []
+    for label, struct in (("a field rule (uniqueItems)", by_field), ("an object rule", whole)):
+        checked: Codec[Any] = codec_for(struct)
+        cases_.append(
+            Case(
+                f"codec: decode, validator for {label}",
+                Contender("streamtools", loop(functools.partial(checked.decode, body))),
+                [
+                    Contender(
+                        "same message, msgspec only",
+                        loop(lambda: exact_codec.decode(body)),
+                        goal=VALIDATOR_GOAL,
+                    )
+                ],
+            )
+        )
+    return cases_
 
 
 def cases(ops: int) -> list[Case]:
@@ -80,6 +183,7 @@ def cases(ops: int) -> list[Case]:
         new_metadata(codec.type_name, "//bench")
 
     return [
+        *validator_cases(ops),
         Case(
             "codec: encode + metadata",
             Contender("streamtools", loop(st_encode)),
