@@ -74,7 +74,17 @@ def cases_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def documents(tmp_path_factory: pytest.TempPathFactory, cases_package: Path) -> dict[str, Path]:
+def polyglot_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another team's schemas (camelCase, allOf over a shared base, a tagged union)."""
+    root = tmp_path_factory.mktemp("polyglot")
+    generate(ROOT / "tests" / "contracts" / "polyglot", root / "partner_contracts")
+    return root
+
+
+@pytest.fixture(scope="module")
+def documents(
+    tmp_path_factory: pytest.TempPathFactory, cases_package: Path, polyglot_package: Path
+) -> dict[str, Path]:
     """Every document: demo and cases x transports x JSON/YAML, written by the CLI."""
     out = tmp_path_factory.mktemp("asyncapi")
     files: dict[str, Path] = {}
@@ -98,6 +108,18 @@ def documents(tmp_path_factory: pytest.TempPathFactory, cases_package: Path) -> 
             )
             assert done.returncode == 0, done.stderr
             files[cases.name] = cases
+            partner = out / f"partner-{short}.{suffix}"
+            done = asyncapi(
+                "--contracts",
+                "partner_contracts",
+                "--transport",
+                short,
+                "-o",
+                partner,
+                cwd=polyglot_package,
+            )
+            assert done.returncode == 0, done.stderr
+            files[partner.name] = partner
     return files
 
 
@@ -186,14 +208,14 @@ def test_channels_operations_and_messages(documents: dict[str, Path]) -> None:
     }
     dead = doc["components"]["messages"]["OrderCreated.deadLetter"]
     assert "x-death-reason" in dead["headers"]["properties"]
-    # The payload is the contract's schema: constraints and nested Structs included.
+    # The payload is the source schema as written: constraints and $defs included, every
+    # $ref pointing within the document.
     schemas = doc["components"]["schemas"]
-    line_item = schemas["LineItem"]["properties"]
+    line_item = schemas["OrderCreated"]["$defs"]["LineItem"]["properties"]
     assert line_item["quantity"] == {"type": "integer", "minimum": 1, "maximum": 1000}
     assert schemas["OrderCreated"]["properties"]["items"]["items"] == {
-        "$ref": "#/components/schemas/LineItem"
+        "$ref": "#/components/schemas/OrderCreated/$defs/LineItem"
     }
-    assert "$defs" not in json.dumps(doc)
 
 
 def test_http_and_memory_documents(documents: dict[str, Path]) -> None:
@@ -212,7 +234,7 @@ def test_closed_objects_and_typed_maps_reach_the_payload(documents: dict[str, Pa
     schemas = json.loads(documents["cases-rabbitmq.json"].read_text())["components"]["schemas"]
     strict = schemas["StrictMaps"]
     assert strict["additionalProperties"] is False
-    labels = strict["properties"]["labels"]["anyOf"][0]
+    labels = strict["properties"]["labels"]  # the source schema, as written
     assert labels == {"type": "object", "additionalProperties": {"type": "string", "maxLength": 5}}
 
 
@@ -310,3 +332,26 @@ def test_kafka_transport_names_and_server(tmp_path: Path) -> None:
         done = asyncapi(*args, bad)
         assert done.returncode == 1, bad
         assert "is not a kafka or kafka-secure URL with a host" in done.stderr, done.stderr
+
+
+def test_the_source_schemas_are_published_as_written(documents: dict[str, Path]) -> None:
+    doc = json.loads(documents["partner-kafka.json"].read_text())
+    schemas = doc["components"]["schemas"]
+    assert set(schemas) == {"Common", "OrderPlaced", "PaymentReceived", "ServiceHeartbeat"}
+    order = schemas["OrderPlaced"]
+    # composition and shared definitions as written, every $ref within the document
+    assert order["allOf"][0] == {"$ref": "#/components/schemas/Common/$defs/EventBase"}
+    placed = order["allOf"][1]["properties"]
+    assert placed["total"] == {"$ref": "#/components/schemas/Common/$defs/Money"}
+    assert placed["lines"]["items"] == {"$ref": "#/components/schemas/OrderPlaced/$defs/OrderLine"}
+    assert placed["tags"]["uniqueItems"] is True  # what only the validator checks, published too
+    assert "orderId" in placed  # wire names
+    assert "order_id" not in json.dumps(order)
+    method = schemas["PaymentReceived"]["properties"]["method"]
+    assert method["discriminator"] == "kind"  # AsyncAPI's spelling of OpenAPI's object
+    assert method["oneOf"][0] == {"$ref": "#/components/schemas/PaymentReceived/$defs/Card"}
+    assert doc["components"]["messages"]["OrderPlaced"]["payload"] == {
+        "$ref": "#/components/schemas/OrderPlaced"
+    }
+    assert "$id" not in json.dumps(schemas)
+    assert '"$schema": "https' not in json.dumps(schemas)

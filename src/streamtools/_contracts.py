@@ -11,15 +11,22 @@ from streamtools._types import Queue, T, check_queue_name
 from streamtools.errors import ConfigurationError
 
 _contracts: dict[str, Queue[Any]] = {}
+_published: dict[type[Any], str] = {}
 _autoloaded = False
 
 
-def register_contracts(queues: Mapping[str, Queue[Any]]) -> None:
+def register_contracts(queues: Mapping[str, Queue[Any]], *, schemas: str | None = None) -> None:
     """Make generated contracts resolvable by bare queue name.
 
-    Generated packages call this on import. Registering the same contract twice is harmless;
-    a different message type for an already registered queue name is a ConfigurationError.
+    Generated packages call this on import, with `schemas`: their source schemas as published
+    (a JSON object of named schemas, each message's under its class name, every `$ref` pointing
+    into it), which `streamtools asyncapi` uses as they are. Registering the same contract twice
+    is harmless; a different message type for an already registered queue name is a
+    ConfigurationError.
     """
+    if schemas is not None:
+        for contract in queues.values():
+            _published[contract.message_type] = schemas
     for name, contract in queues.items():
         known = _contracts.get(name)
         if known is not None and known.message_type is not contract.message_type:
@@ -28,6 +35,11 @@ def register_contracts(queues: Mapping[str, Queue[Any]]) -> None:
                 f"{contract.message_type.__name__}; a queue carries one message type"
             )
         _contracts[name] = contract
+
+
+def published_schemas(message_type: type[Any]) -> str | None:
+    """The published schemas (JSON) of the generated package that defines `message_type`."""
+    return _published.get(message_type)
 
 
 def registered_contracts() -> Mapping[str, Queue[Any]]:

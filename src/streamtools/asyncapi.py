@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from streamtools._contracts import published_schemas
 from streamtools._registry import HTTP, KAFKA, MEMORY, PRODUCERS, RMQ
 from streamtools._types import Queue
 from streamtools.errors import ConfigurationError
@@ -97,10 +98,14 @@ def document(
         raise ConfigurationError(
             f"two message types share a name ({', '.join(sorted(names))}); rename one"
         )
-    try:
-        _, schemas = msgspec.json.schema_components(structs, ref_template=_SCHEMA_REFS)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"cannot describe the contracts as JSON Schema: {exc}") from exc
+    schemas = _source_schemas(structs)
+    if schemas is None:  # hand-written Structs: the schema msgspec derives from them
+        try:
+            _, schemas = msgspec.json.schema_components(structs, ref_template=_SCHEMA_REFS)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"cannot describe the contracts as JSON Schema: {exc}"
+            ) from exc
 
     messages: dict[str, Any] = {}
     channels: dict[str, Any] = {}
@@ -143,6 +148,23 @@ def document(
         "messages": dict(sorted(messages.items())),
     }
     return doc
+
+
+def _source_schemas(structs: list[type[Any]]) -> dict[str, Any] | None:
+    """The schemas the contracts were generated from, as codegen published them (wire names,
+    `allOf`, unions and shared `$defs` as written), if every contract has them; else None."""
+    texts = [published_schemas(struct) for struct in structs]
+    if any(text is None for text in texts):
+        return None
+    schemas: dict[str, Any] = {}
+    for text in sorted({text for text in texts if text is not None}):
+        for name, schema in json.loads(text).items():
+            if schemas.setdefault(name, schema) != schema:
+                raise ConfigurationError(
+                    f"two contracts packages publish different schemas named {name!r}; "
+                    "document them separately"
+                )
+    return schemas
 
 
 def dumps(doc: Mapping[str, Any], *, yaml: bool = False) -> str:

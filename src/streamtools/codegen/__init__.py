@@ -219,7 +219,8 @@ def _render(schemas_dir: Path, problems: Problems) -> dict[str, bytes]:
         files[f"{module}.py"] = module_source(module, source, structs, own, documents).encode()
         exports[module] = sorted(s.name for s in structs)
     problems.raise_any()
-    files["__init__.py"] = init_source(messages, exports).encode()
+    published = _published(folder, messages)
+    files["__init__.py"] = init_source(messages, exports, published).encode()
     return dict(sorted(files.items()))
 
 
@@ -395,6 +396,68 @@ def _documents(
         problems.add(owner.path, f"the JSON Schema validator refuses the schema: {exc}", "fix it")
         return None
     return documents
+
+
+def _reachable(folder: Folder, start: list[Document]) -> dict[str, Document]:
+    """`start` and every document their `$ref`s reach, by URI."""
+    needed: dict[str, Document] = {}
+    pending = list(start)
+    while pending:
+        current = pending.pop()
+        if current.uri in needed:
+            continue
+        needed[current.uri] = current
+        for loc in walk(current.root):
+            ref = loc.node.get("$ref") if isinstance(loc.node, dict) else None
+            if isinstance(ref, str):
+                target = folder.resolve(loc, ref)
+                if not isinstance(target, str):
+                    pending.append(target.doc)
+    return needed
+
+
+def _published(folder: Folder, messages: list[Message]) -> dict[str, Any]:
+    """The source schemas as an AsyncAPI document publishes them: one named schema per document
+    (a message's under its class name, shared files under theirs), every `$ref` rewritten to
+    point within them (`#/components/schemas/Common/$defs/Money`), `$id` and `$schema` left
+    out, OpenAPI's `discriminator` object as AsyncAPI's property name; wire names, composition
+    and shared definitions as written."""
+    needed = _reachable(folder, [m.struct.doc for m in messages])
+    names: dict[str, str] = {m.struct.doc.uri: m.struct.name for m in messages}
+    taken = set(names.values())
+    for uri in sorted(needed):
+        if uri not in names:
+            names[uri] = _naming.unique(_naming.class_name(needed[uri].stem), taken)
+    published: dict[str, Any] = {}
+    for uri in sorted(needed, key=lambda u: names[u]):
+        doc = needed[uri]
+        body = copy.deepcopy(doc.body)
+        for loc in walk(doc.root):
+            node = loc.node
+            if not isinstance(node, dict):
+                continue
+            copied = _at(body, loc.where)
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                target = folder.resolve(loc, ref)
+                if not isinstance(target, str):
+                    pointer = target.where.removeprefix("#")
+                    copied["$ref"] = f"#/components/schemas/{names[target.doc.uri]}{pointer}"
+            for key in ("$id", "$schema"):
+                copied.pop(key, None)
+            discriminator = node.get("discriminator")
+            if isinstance(discriminator, dict) and "propertyName" in discriminator:
+                copied["discriminator"] = discriminator["propertyName"]  # AsyncAPI's spelling
+        published[names[uri]] = body
+    return published
+
+
+def _at(body: Any, where: str) -> Any:
+    node = body
+    for token in where.removeprefix("#").split("/")[1:]:
+        token = token.replace("~1", "/").replace("~0", "~")
+        node = node[int(token)] if isinstance(node, list) else node[token]
+    return node
 
 
 def _for_validator(doc: Document) -> Any:

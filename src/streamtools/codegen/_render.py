@@ -186,7 +186,9 @@ def _accepts_none(annotation: str) -> bool:
     return annotation in ("Any", "None") or annotation.endswith("| None")
 
 
-def init_source(messages: Sequence[Message], exports: Mapping[str, list[str]]) -> str:
+def init_source(
+    messages: Sequence[Message], exports: Mapping[str, list[str]], published: Mapping[str, Any]
+) -> str:
     titles = {m.struct.name for m in messages}
     constants = {m.constant: m for m in messages if m.constant is not None}
     taken = titles | set(constants) | RESERVED
@@ -237,6 +239,12 @@ def init_source(messages: Sequence[Message], exports: Mapping[str, list[str]]) -
     lines.extend(f'    "{name}",' for name in sorted(exported | set(constants) | {"QUEUES"}))
     lines.append("]")
     lines.append("")
+    text = json.dumps(published, separators=(",", ":"), ensure_ascii=True)
+    lines.append(
+        "# The source schemas as published (streamtools asyncapi), every $ref within them."
+    )
+    lines.append(f"_PUBLISHED = {json.dumps(text)}")
+    lines.append("")
     lines.append('# Lets a bare queue name (Producer("orders.created")) use its contract.')
-    lines.append("register_contracts(QUEUES)")
+    lines.append("register_contracts(QUEUES, schemas=_PUBLISHED)")
     return "\n".join(lines) + "\n"
