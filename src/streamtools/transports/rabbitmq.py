@@ -38,7 +38,7 @@ import random
 import ssl as _ssl
 import struct
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final, Literal
@@ -522,36 +522,56 @@ def _transient(exc: BaseException) -> bool:
 # --- the connection shared by producers and consumers ----------------------------------------
 
 
+class _NoNode(Exception):
+    """Every address failed a connection attempt since the connection was last up."""
+
+    def __init__(self, failures: Sequence[tuple[URL, BaseException]]) -> None:
+        super().__init__(*failures)
+        self.failures = tuple(failures)
+
+
 class _Link:
-    """One robust connection, a confirm channel on it, and the publish-until-confirmed loop."""
+    """One robust connection, a confirm channel on it, and the publish-until-confirmed loop.
+
+    The confirm channel is a plain aiormq channel of our own on the robust connection's
+    current transport, not one of aio-pika's robust channels, so that this loop decides when
+    to leave it: after a lost connection, a nack, or a confirm that never came, the next
+    attempt goes out on a new channel, on whichever node the connection is on by then.
+
+    A nack must not be retried on the same channel: RabbitMQ (3.10 here) nacks every later
+    publish of a channel whose first publish to a quorum queue came while the queue had no
+    leader (the leader's node just died, the others still electing), however long ago the
+    new leader was elected. A client on the leader's node reconnects within that window.
+    """
 
     def __init__(self, settings: _Settings, role: str) -> None:
         self.settings = settings
         self.role = role
-        self.connection: aio_pika.RobustConnection | None = None
-        self.channel: aio_pika.abc.AbstractRobustChannel | None = None
-        # The aiormq channel under `channel` that publishes go to (a new one after a reopen).
+        self.connection: _FailoverConnection | None = None
+        # The aiormq confirm channel publishes go to now, and the lock a new one is opened
+        # under (concurrent sends share it).
         self._underlay: aiormq.abc.AbstractChannel | None = None
+        self._opening = asyncio.Lock()
         self._reply_channel: aiormq.abc.AbstractChannel | None = None
         self._reply_lock = asyncio.Lock()
         self.replies: dict[str, asyncio.Future[tuple[bytes, str]]] = {}
         # Further channels of this producer or consumer, closed with it.
         self.channels: list[aio_pika.abc.AbstractChannel] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._deadlines = Deadlines()
 
     async def open(self) -> None:
         settings = self.settings
         connection = await _connections.acquire(settings, self.role)
+        self.connection = connection
         try:
             with _map_errors(settings, f"{self.role}: opening a channel"):
                 async with asyncio.timeout(settings.connect_timeout):
-                    self.channel = await connection.channel(
-                        publisher_confirms=True, on_return_raises=True
-                    )
+                    await self._path(connection)
         except BaseException:
+            self.connection = None
             await _connections.release(settings, connection)
             raise
-        self.connection = connection
 
     async def declare(self, topology: Sequence[tuple[str, dict[str, object]]]) -> None:
         """Declare durable queues on a throwaway channel: a 406 closes only that channel."""
@@ -574,6 +594,66 @@ class _Link:
                     with contextlib.suppress(Exception):
                         await channel.close()
 
+    async def _path(self, connection: _FailoverConnection) -> aiormq.abc.AbstractChannel:
+        """The confirm channel to publish on: the current one, else a new one.
+
+        A new one waits for the connection (a reconnect or failover under way) and fails
+        with `_NoNode` once every address refused since it was lost. A connection that
+        cannot open a channel within `connect_timeout` is dead without knowing it (a node
+        that froze, a cut nobody noticed): it is closed, so that the robust connection
+        moves on to the next address, and the caller tries again.
+        """
+        underlay = self._underlay
+        if underlay is not None and not underlay.is_closed:
+            return underlay
+        async with self._opening:
+            underlay = self._underlay
+            if underlay is not None and not underlay.is_closed:
+                return underlay
+            amqp = await connection.usable()
+            try:
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    underlay = await amqp.channel(publisher_confirms=True, on_return_raises=True)
+            except TimeoutError:
+                logger.warning(
+                    "%s: no channel from RabbitMQ at %s within %s s; leaving that connection",
+                    self.role,
+                    redact(connection.url),
+                    self.settings.connect_timeout,
+                )
+                await asyncio.shield(
+                    self._later(amqp.close(ConnectionError("no answer to Channel.Open")))
+                )
+                raise ConnectionError(
+                    f"no answer to Channel.Open from {connection.url.host}:{connection.url.port}"
+                ) from None
+            self._underlay = underlay
+            return underlay
+
+    def _leave(self, underlay: aiormq.abc.AbstractChannel, why: str) -> None:
+        """Publish on a new channel from now on; `underlay` is closed in the background.
+
+        Its pending confirms fail, and their sends publish again on the new channel.
+        """
+        if self._underlay is not underlay:
+            return  # left already
+        self._underlay = None
+        logger.info("%s: leaving confirm channel %s (%s)", self.role, underlay.number, why)
+        self._later(underlay.close())
+
+    def _later(self, closing: Awaitable[Any]) -> asyncio.Task[None]:
+        """Run `closing` in the background, bounded, past any send's deadline."""
+
+        async def bounded() -> None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    await closing
+
+        task = asyncio.get_running_loop().create_task(bounded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
     async def publish(
         self,
         body: bytes,
@@ -588,30 +668,31 @@ class _Link:
     ) -> None:
         """Publish and wait for the broker's confirm, publishing again after a lost connection.
 
-        Gives up with PublishError after `timeout` seconds. With `delivery` (the channel a
-        delivery being settled arrived on), stops as soon as that channel is gone (the broker
-        redelivers the delivery; a copy would duplicate it).
+        Gives up with PublishError after `timeout` seconds, or at once when no address takes
+        a connection (every one was tried since the connection was lost). With `delivery`
+        (the channel a delivery being settled arrived on), stops as soon as that channel is
+        gone (the broker redelivers the delivery; a copy would duplicate it).
         """
-        assert self.channel is not None
-        channel = self.channel
         last: BaseException | None = None
+        waiting_on: aiormq.abc.AbstractChannel | None = None  # whose confirm we await
         # The link's one deadline timer bounds this wait, reconnects included (not a timer
         # per send: see streamtools._deadlines).
         wait = self._deadlines.start(timeout)
         try:
             for attempt in itertools.count(1):
-                if self.connection is None:
+                connection = self.connection
+                if connection is None:
                     raise PublishError(f"{what}: not sent, the {self.role} is closed")
                 if delivery is not None and delivery.is_closed:
                     raise DeliveryLost
+                underlay = None
                 try:
                     underlay = self._underlay
                     if underlay is None or underlay.is_closed:
-                        # Opening or reconnecting: wait until aio-pika has the channel back.
-                        await channel.ready()
-                        underlay = self._underlay = await channel.get_underlay_channel()
+                        underlay = await self._path(connection)
                     if reply:
                         await self._consume_replies(underlay)
+                    waiting_on = underlay
                     await underlay.basic_publish(
                         body,
                         exchange="",
@@ -620,6 +701,8 @@ class _Link:
                         mandatory=mandatory,
                     )
                     return
+                except _NoNode as exc:
+                    raise self._no_node(exc, what, timeout, sent=attempt > 1) from exc
                 except asyncio.CancelledError as exc:
                     if wait.task.cancelling():
                         raise
@@ -628,6 +711,10 @@ class _Link:
                     if not _transient(exc):
                         raise _translate(exc, self.settings, what) from exc
                     last = exc
+                    if underlay is not None and isinstance(exc, aiormq.exceptions.DeliveryError):
+                        # Nacked: this channel may nack everything from now on (see above).
+                        self._leave(underlay, "a publish was nacked")
+                waiting_on = None
                 logger.info(
                     "publish interrupted, publishing again: %s",
                     _reason(last),
@@ -637,6 +724,10 @@ class _Link:
         except asyncio.CancelledError:
             if not wait.timed_out():
                 raise
+            if waiting_on is not None and not waiting_on.is_closed:
+                # Its confirm never came on a channel that still looks open: the channel or
+                # the connection under it is dead. The next send must not wait on it too.
+                self._leave(waiting_on, f"no confirm within {timeout} s")
             reason = f" (last error: {_reason(last)})" if last is not None else ""
             raise PublishError(
                 f"{what}: not confirmed by RabbitMQ at {self.settings.address} within "
@@ -645,6 +736,18 @@ class _Link:
         finally:
             self._deadlines.finish(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _no_node(self, exc: _NoNode, what: str, timeout: float, *, sent: bool) -> PublishError:
+        answers = "; ".join(
+            str(_translate(failure, self.settings, f"{url.host}:{url.port}", url))
+            for url, failure in exc.failures
+        )
+        stored = "it may or may not have been stored" if sent else "it was not sent"
+        return PublishError(
+            f"{what}: not confirmed: no RabbitMQ node can take it, every address failed "
+            f"since the connection was lost ({answers}); {stored}. Until one answers, send fails "
+            f"like this at once instead of waiting out its send_timeout ({timeout} s)"
+        )
 
     async def _consume_replies(self, underlay: aiormq.abc.AbstractChannel) -> None:
         # Direct reply-to answers only on the channel that published the request, so the
@@ -664,8 +767,7 @@ class _Link:
 
     async def close(self) -> None:
         connection, self.connection = self.connection, None
-        channel, self.channel = self.channel, None
-        self._underlay = None
+        underlay, self._underlay = self._underlay, None
         for correlation_id, future in self.replies.items():
             if not future.done():
                 future.set_exception(
@@ -674,12 +776,18 @@ class _Link:
         if connection is not None:
             # The connection is shared: close our channels (a closed consume channel returns
             # its unacked deliveries to the queue), then let go of the connection.
-            for own in (*self.channels, channel):
-                if own is not None:
-                    with contextlib.suppress(Exception):
-                        await own.close()
+            for own in self.channels:
+                with contextlib.suppress(Exception):
+                    await own.close()
             self.channels.clear()
+            if underlay is not None and not underlay.is_closed:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.settings.connect_timeout):
+                        await underlay.close()
             await _connections.release(self.settings, connection)
+        for task in tuple(self._background):
+            with contextlib.suppress(BaseException):
+                await task
 
 
 # What a failed connection attempt raises (aio-pika's CONNECTION_EXCEPTIONS, TimeoutError too).
@@ -701,19 +809,72 @@ class _FailoverConnection(aio_pika.RobustConnection):
     there is all failover takes: aio-pika then reopens channels, re-declares what was declared
     on them and re-subscribes consumers on whichever node answered, as after any reconnect,
     and a publish that was waiting for its confirm is published again there (`_Link.publish`).
+
+    It also keeps what each address answered to its last failed attempt since the connection
+    was last up, so that a publish can tell "reconnecting" from "no node takes a connection".
     """
 
     def __init__(self, addresses: Sequence[URL], first: int, **kwargs: Any) -> None:
         super().__init__(addresses[first], **kwargs)
         self.addresses = tuple(addresses)
         self._position = first
+        self._up = False  # connected, channels restored
+        self.failures: dict[int, tuple[URL, BaseException]] = {}  # since it was last up
+        self._attempts = 0  # failed attempts, ever
+        self._news = asyncio.Event()  # set (and replaced) on every change of the above
+
+    def _notify(self) -> None:
+        news, self._news = self._news, asyncio.Event()
+        news.set()
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()  # raises (and closes the transport) if a restore failed
+        self._up = True
+        self.failures.clear()
+        self._notify()
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
-        if len(self.addresses) > 1 and not (self.close_called or self.is_closed):
-            self._position = (self._position + 1) % len(self.addresses)
-            self.url = self.addresses[self._position]
-            logger.info("RabbitMQ connection ended; next address %s", redact(self.url))
+        if not (self.close_called or self.is_closed):
+            if self._up:
+                self._up = False  # lost: no verdict on the address, the next attempt says
+            else:
+                try:
+                    failure = closing.exception() or ConnectionError("closed")
+                except asyncio.CancelledError as exc:
+                    failure = exc
+                self.failures[self._position] = (self.url, failure)
+                self._attempts += 1
+            if len(self.addresses) > 1:
+                self._position = (self._position + 1) % len(self.addresses)
+                self.url = self.addresses[self._position]
+                logger.info("RabbitMQ connection ended; next address %s", redact(self.url))
+            self._notify()
         await super()._on_connection_close(closing)
+
+    async def usable(self) -> aiormq.abc.AbstractConnection:
+        """The AMQP connection once connected; `_NoNode` when none will take one now.
+
+        Waits through a reconnect or failover. Raises once every address has failed an
+        attempt since the connection was lost and one more attempt failed after this call
+        began (so a caller waits at most for the next attempt, and a node that is back is
+        found by it).
+        """
+        attempts = self._attempts
+        while True:
+            news = self._news
+            transport = self.transport
+            if self.is_closed or self.close_called:
+                raise RuntimeError(f"connection to {self.addresses} closed")
+            if (
+                self._up
+                and self.connected.is_set()
+                and transport is not None
+                and not transport.connection.is_closed
+            ):
+                return transport.connection
+            if len(self.failures) == len(self.addresses) and self._attempts > attempts:
+                raise _NoNode([self.failures[k] for k in sorted(self.failures)])
+            await news.wait()
 
 
 class _Connections:
@@ -728,7 +889,7 @@ class _Connections:
     def __init__(self) -> None:
         self._shared: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop,
-            dict[tuple[tuple[str, ...], str, int], tuple[aio_pika.RobustConnection, int]],
+            dict[tuple[tuple[str, ...], str, int], tuple[_FailoverConnection, int]],
         ] = weakref.WeakKeyDictionary()
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
@@ -738,7 +899,7 @@ class _Connections:
     def _key(settings: _Settings) -> tuple[tuple[str, ...], str, int]:
         return tuple(str(url) for url in settings.urls), settings.failover, id(settings.ssl)
 
-    async def acquire(self, settings: _Settings, role: str) -> aio_pika.RobustConnection:
+    async def acquire(self, settings: _Settings, role: str) -> _FailoverConnection:
         loop = asyncio.get_running_loop()
         lock = self._locks.setdefault(loop, asyncio.Lock())
         async with lock:
