@@ -377,8 +377,8 @@ def _obj(**extra: Any) -> dict[str, Any]:
             "x-queue at #/properties/a",
         ),
         (
-            json.dumps(_obj(**{"$schema": "https://example.com/my-meta"})),
-            "is not a JSON Schema draft codegen knows",
+            json.dumps(_obj(properties={"a": {"$ref": "#nowhere"}})),
+            "no $anchor 'nowhere'",
         ),
     ],
 )

@@ -275,3 +275,26 @@ def test_a_field_check_deep_inside_names_the_whole_path(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as odd:
         codec.decode(b'{"rows": [{"rowTags": [], "odd": 0.25}]}')
     assert odd.value.path == "$.rows[0].odd"
+
+
+def test_a_custom_meta_schema_is_read_as_2020_12_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "click.json").write_text(
+        json.dumps(
+            {
+                "$schema": "http://iglucentral.com/schemas/com.snowplowanalytics.self-desc/"
+                "schema/jsonschema/1-0-0#",
+                "self": {"vendor": "com.acme", "name": "click", "version": "1-0-0"},
+                "type": "object",
+                "properties": {"targetUrl": {"type": "string", "format": "uri"}},
+                "required": ["targetUrl"],
+            }
+        )
+    )
+    assert run(str(schemas), str(tmp_path / "out")) == 0
+    err = capsys.readouterr().err
+    assert "is not a JSON Schema draft: read as draft 2020-12" in err
+    assert "unknown keywords taken as annotations (JSON Schema 2020-12): self" in err

@@ -278,10 +278,10 @@ def _check_document(folder: Folder, doc: Document, problems: Problems) -> None:
         unknown.update(k for k in node if k not in KNOWN and not k.startswith("x-"))
         dialect = node.get("$schema")
         if isinstance(dialect, str) and dialect.rstrip("#") not in _DIALECTS:
-            problems.add(
+            problems.notice(
                 doc.path,
-                f"$schema {dialect!r} at {loc.where} is not a JSON Schema draft codegen knows",
-                "use draft 2020-12 (custom meta-schemas and vocabularies are not supported)",
+                f"$schema {dialect!r} at {loc.where} is not a JSON Schema draft: read as draft "
+                "2020-12 (custom meta-schemas and vocabularies are not applied)",
             )
     if unknown:
         problems.notice(
@@ -470,6 +470,9 @@ def _for_validator(doc: Document) -> Any:
             continue
         if "format" in node and node["format"] not in TYPED_FORMATS:
             del node["format"]
+        dialect = node.get("$schema")
+        if isinstance(dialect, str) and dialect.rstrip("#") not in _DIALECTS:
+            del node["$schema"]  # a custom meta-schema: read as draft 2020-12, never fetched
         if node.get("nullable") is True and "type" in node:
             types = node["type"] if isinstance(node["type"], list) else [node["type"]]
             if "null" not in types:

@@ -681,18 +681,27 @@ class Translator:
             and len(assertions(b.node)) == 1
         ]
         others = [b for b in branches if b not in nulls]
+        nullable = bool(nulls) or node.get("nullable") is True  # OpenAPI's nullable beside anyOf
+        own -= {"nullable"}
+        if len(others) == 1:  # `[X, {"type": "null"}]`, or one branch: X itself (or None)
+            typed = self.type_of(others[0], hint)
+            if nullable:
+                typed = _union_of([typed, PyType("None", "null")], disjoint=True)
+            return typed.loose() if own or "type" in node else typed
         if others and all(self._object_like(b) for b in others):
             tagged = self._tagged(loc, others, hint)
             if tagged is not None:
-                if nulls:
+                if nullable:
                     tagged = _union_of([tagged, PyType("None", "null")], disjoint=True)
                 return tagged if not own else tagged.loose()
             return (
                 PyType("dict[str, Any]", "object", False, (), frozenset({"Any"}))
-                if not nulls
+                if not nullable
                 else _any()
             )
         members = [self.type_of(b, hint) for b in branches]
+        if node.get("nullable") is True and not nulls:
+            members.append(PyType("None", "null"))
         typed = _union_of(members, disjoint=one_of)
         if own:
             typed = typed.loose()
