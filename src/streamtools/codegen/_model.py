@@ -644,8 +644,10 @@ class Translator:
             if not isinstance(part.node, dict):
                 exact = exact and part.node is True
                 continue
-            if part.base != loc.base and any("$ref" in str(sub) for sub in part.node.values()):
-                exact = False
+            if part.base != loc.base and any(
+                isinstance(sub.node, dict) and "$ref" in sub.node for sub in walk(part)
+            ):
+                exact = False  # its refs would resolve against this schema's base, not its own
             for key, value in part.node.items():
                 if key in merged and merged[key] != value and key not in ANNOTATIONS:
                     exact = False
@@ -990,48 +992,36 @@ def _union_of(members: list[PyType], disjoint: bool) -> PyType:
 
 
 def _default(locs: list[Loc], typed: PyType) -> tuple[str, bool]:
-    """The Python default of an optional field: its schema's `default` where it fits, else None."""
+    """The Python default of an optional field and whether it needs a factory: its schema's
+    `default` where the field's type holds it as is, else None."""
     node = locs[0].node if locs else None
-    nullable = typed.text == "None" or typed.text.endswith("| None") or typed.kind == "any"
-    if (
-        isinstance(node, dict)
-        and "default" in node
-        and typed.kind in ("str", "int", "float", "bool", "array", "object", "any")
-    ):
-        value = node["default"]
-        ok = (
-            (
-                typed.kind == "str"
-                and isinstance(value, str)
-                and typed.names <= {"Literal", "Annotated"}
-            )
-            or (typed.kind == "int" and isinstance(value, int) and not isinstance(value, bool))
-            or (
-                typed.kind == "float"
-                and isinstance(value, int | float)
-                and not isinstance(value, bool)
-            )
-            or (typed.kind == "bool" and isinstance(value, bool))
-            or (typed.kind == "array" and isinstance(value, list) and typed.exact)
-            or (
-                typed.kind == "object" and isinstance(value, dict) and typed.text.startswith("dict")
-            )
-        )
-        if (
-            ok
-            and typed.kind == "str"
-            and "Literal" in typed.names
-            and _literal(value) not in typed.text
-        ):
-            ok = False
-        if ok:
-            try:
-                text = _literal(value)
-            except ValueError:
-                text = ""
-            if text:
-                if isinstance(value, list | dict) and value:
-                    return text, True
-                return text, False
-    del nullable
-    return "None", False
+    if not isinstance(node, dict) or "default" not in node:
+        return "None", False
+    value = node["default"]
+    if not _fits(value, typed):
+        return "None", False
+    try:
+        text = _literal(value)
+    except ValueError:  # NaN or infinity
+        return "None", False
+    return text, isinstance(value, list | dict) and bool(value)
+
+
+def _fits(value: Any, typed: PyType) -> bool:
+    """Whether a JSON `value` is a value of `typed` as Python spells it (no conversion)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if typed.kind == "str":
+        if not isinstance(value, str) or not typed.names <= {"Literal", "Annotated"}:
+            return False  # a UUID or a datetime default would be a str
+        return "Literal" not in typed.names or _literal(value) in typed.text
+    if typed.kind == "int":
+        return number and isinstance(value, int)
+    if typed.kind == "float":
+        return number
+    if typed.kind == "bool":
+        return isinstance(value, bool)
+    if typed.kind == "array":
+        return isinstance(value, list) and typed.exact
+    if typed.kind == "object":
+        return isinstance(value, dict) and typed.text.startswith("dict")
+    return typed.kind == "any"
