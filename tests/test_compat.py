@@ -350,3 +350,314 @@ def test_make_compat_compares_with_the_last_release_tag(tmp_path: Path) -> None:
     assert "$.note: became required" in line
     (repo / "schemas" / "compat-acknowledged.txt").write_text(line + "\n")
     assert compat().returncode == 0
+
+
+# --- the schemas other teams write: wire names, allOf, unions, shared files -----------------
+
+POLYGLOT = ROOT / "tests" / "contracts" / "polyglot"
+Folder = dict[str, dict[str, Any]]
+
+
+def _polyglot() -> Folder:
+    return {p.name: json.loads(p.read_text()) for p in sorted(POLYGLOT.glob("*.json"))}
+
+
+def _write_folder(directory: Path, files: Folder) -> Path:
+    directory.mkdir(parents=True)
+    for name, body in files.items():
+        (directory / name).write_text(json.dumps(body))
+    return directory
+
+
+def _folders(tmp_path: Path, new: Folder, old: Folder | None = None) -> tuple[Path, Path]:
+    return (
+        _write_folder(tmp_path / "old", old if old is not None else _polyglot()),
+        _write_folder(tmp_path / "new", new),
+    )
+
+
+def _found(old: Path, new: Path) -> list[tuple[str, str, str, set[str]]]:
+    return [(b.title, b.path, b.what, set(b.directions)) for b in compare_dirs(old, new)]
+
+
+def _order(files: Folder) -> dict[str, Any]:
+    """Order Placed's own object (the allOf branch beside the shared EventBase)."""
+    branch: dict[str, Any] = files["order_placed.json"]["allOf"][1]
+    return branch
+
+
+def _method(files: Folder) -> dict[str, Any]:
+    method: dict[str, Any] = files["payment_received.json"]["properties"]["method"]
+    return method
+
+
+def test_the_polyglot_fixtures_are_compatible_with_themselves(tmp_path: Path) -> None:
+    assert _found(*_folders(tmp_path, _polyglot())) == []
+
+
+def test_a_change_of_generated_names_only_breaks_nothing(tmp_path: Path) -> None:
+    """Title case (the class stays OrderPlaced), a $defs key (the class OrderLine becomes
+    LineItem) and a file name: the generated Python changes, the wire does not."""
+    new = _polyglot()
+    order = new["order_placed.json"]
+    order["title"] = "order placed"
+    order["$defs"]["LineItem"] = order["$defs"].pop("OrderLine")
+    _order(new)["properties"]["lines"]["items"]["$ref"] = "#/$defs/LineItem"
+    new["order_placed_v1.json"] = new.pop("order_placed.json")
+    assert _found(*_folders(tmp_path, new)) == []
+
+
+def test_moving_properties_into_an_allof_base_breaks_nothing(tmp_path: Path) -> None:
+    """The old Order Placed spells EventBase's properties out; the new one takes them from
+    common.json through allOf: the merged object is the same, so nothing breaks, either way."""
+    inline = _polyglot()
+    order = inline["order_placed.json"]
+    base = inline["common.json"]["$defs"]["EventBase"]
+    own = order.pop("allOf")[1]
+    order.update(
+        type="object",
+        required=[*base["required"], *own["required"]],
+        properties={**base["properties"], **own["properties"]},
+    )
+    assert _found(*_folders(tmp_path / "a", _polyglot(), old=inline)) == []
+    assert _found(*_folders(tmp_path / "b", inline, old=_polyglot())) == []
+
+
+def test_a_wire_name_change_is_a_break_though_the_attribute_stays(tmp_path: Path) -> None:
+    """orderId -> orderID: both are the attribute `order_id`, but the JSON says orderID now."""
+    from streamtools.codegen._naming import attribute
+
+    assert attribute("orderId") == attribute("orderID") == "order_id"
+    new = _polyglot()
+    own = _order(new)
+    own["properties"]["orderID"] = own["properties"].pop("orderId")
+    own["required"] = ["orderID" if n == "orderId" else n for n in own["required"]]
+    assert _found(*_folders(tmp_path, new)) == [
+        ("OrderPlaced", "$.orderID", "required field added without default", {"backward"}),
+        ("OrderPlaced", "$.orderId", "required field removed", {"forward"}),
+    ]
+
+
+def test_a_change_in_a_shared_file_breaks_every_message_that_refs_it(tmp_path: Path) -> None:
+    new = _polyglot()
+    new["common.json"]["$defs"]["Money"]["properties"]["amountCents"]["minimum"] = 1
+    old, new_dir = _folders(tmp_path, new)
+    assert _found(old, new_dir) == [
+        ("OrderPlaced", "$.total.amountCents", "minimum raised 0 -> 1", {"backward"}),
+        ("PaymentReceived", "$.amount.amountCents", "minimum raised 0 -> 1", {"backward"}),
+    ]
+    done = cli(old, new_dir, "--mode", "backward")
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == (
+        "OrderPlaced (polyglot.orders) $.total.amountCents: minimum raised 0 -> 1; "
+        "messages valid before may be rejected (backward)"
+    )
+    assert cli(old, new_dir, "--mode", "forward").returncode == 0
+
+
+def test_a_change_in_an_allof_base_of_another_file_is_found(tmp_path: Path) -> None:
+    new = _polyglot()
+    new["common.json"]["$defs"]["EventBase"]["required"].append("$schema")
+    assert _found(*_folders(tmp_path, new)) == [
+        ("OrderPlaced", "$.$schema", "became required", {"backward"})
+    ]
+
+
+def test_a_ref_by_relative_path_id_and_anchor_resolves(tmp_path: Path) -> None:
+    """NEW reaches the same definitions another way: EventBase in a subfolder by relative
+    path, Money in a file of its own `$id`, by that `$id` and by `$anchor`. Nothing changed,
+    so nothing breaks; a change behind those refs is found."""
+    new = _polyglot()
+    common = new.pop("common.json")
+    money = common["$defs"].pop("Money")
+    money["$anchor"] = "money"
+    new["money.json"] = {"$id": "https://example.com/schemas/money.json", "$defs": {}}
+    new["order_placed.json"]["allOf"][0] = {"$ref": "./shared/common.json#/$defs/EventBase"}
+    _order(new)["properties"]["total"] = {"$ref": "https://example.com/schemas/money.json#money"}
+    new["payment_received.json"]["properties"]["amount"] = {
+        "$ref": "https://example.com/schemas/money.json#/$defs/Money"
+    }
+    old = _write_folder(tmp_path / "old", _polyglot())
+
+    def write(directory: Path) -> Path:
+        new["money.json"]["$defs"]["Money"] = money
+        _write_folder(directory, new)
+        _write_folder(directory / "shared", {"common.json": common})
+        return directory
+
+    assert _found(old, write(tmp_path / "same")) == []
+    money["properties"]["currency"]["enum"].remove("GBP")
+    assert [(t, p, d) for t, p, _, d in _found(old, write(tmp_path / "changed"))] == [
+        ("OrderPlaced", "$.total.currency", {"backward"}),
+        ("PaymentReceived", "$.amount.currency", {"backward"}),
+    ]
+
+
+def test_an_unresolvable_ref_is_a_usage_error(tmp_path: Path) -> None:
+    new = _polyglot()
+    new.pop("common.json")
+    done = cli(*_folders(tmp_path, new))
+    assert done.returncode == 2
+    assert "no file 'common.json' in the schemas folder" in done.stderr
+
+
+def _wallet() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["kind", "provider"],
+        "properties": {"kind": {"const": "wallet"}, "provider": {"type": "string"}},
+    }
+
+
+def test_a_union_variant_removed_breaks_backward(tmp_path: Path) -> None:
+    """Old producers still send bank transfers; consumers on the new schema refuse them."""
+    new = _polyglot()
+    _method(new)["oneOf"].pop()  # BankTransfer
+    old, new_dir = _folders(tmp_path, new)
+    assert _found(old, new_dir) == [
+        (
+            "PaymentReceived",
+            "$.method",
+            'union variant kind="bank_transfer" removed',
+            {"backward"},
+        )
+    ]
+    assert cli(old, new_dir, "--mode", "backward").returncode == 1
+    assert (cli(old, new_dir, "--mode", "forward").returncode, "") == (0, "")
+
+
+def test_a_union_variant_added_breaks_forward(tmp_path: Path) -> None:
+    """Consumers on the old schema would receive wallet payments they cannot read."""
+    new = _polyglot()
+    new["payment_received.json"]["$defs"]["Wallet"] = _wallet()
+    _method(new)["oneOf"].append({"$ref": "#/$defs/Wallet"})
+    old, new_dir = _folders(tmp_path, new)
+    assert _found(old, new_dir) == [
+        ("PaymentReceived", "$.method", 'union variant kind="wallet" added', {"forward"})
+    ]
+    backward = cli(old, new_dir, "--mode", "backward")
+    assert (backward.returncode, backward.stdout) == (0, "")
+    forward = cli(old, new_dir, "--mode", "forward")
+    assert forward.returncode == 1
+    assert forward.stdout == (
+        'PaymentReceived (polyglot.payments) $.method: union variant kind="wallet" added; '
+        "messages valid now may be rejected by consumers on the old schema (forward)\n"
+    )
+
+
+def test_union_variants_pair_by_tag_whatever_their_order_or_definition_name(
+    tmp_path: Path,
+) -> None:
+    new = _polyglot()
+    defs = new["payment_received.json"]["$defs"]
+    defs["CardPayment"] = defs.pop("Card")
+    defs["CardPayment"]["properties"]["last4"]["pattern"] = "^[0-9]{4,5}$"
+    defs["BankTransfer"]["properties"]["iban"]["maxLength"] = 30
+    _method(new)["oneOf"] = [{"$ref": "#/$defs/BankTransfer"}, {"$ref": "#/$defs/CardPayment"}]
+    assert _found(*_folders(tmp_path, new)) == [
+        (
+            "PaymentReceived",
+            "$.method[kind=bank_transfer].iban",
+            "maxLength lowered 34 -> 30",
+            {"backward"},
+        ),
+        (
+            "PaymentReceived",
+            "$.method[kind=card].last4",
+            "pattern changed '^[0-9]{4}$' -> '^[0-9]{4,5}$'",
+            {"backward", "forward"},
+        ),
+    ]
+
+
+def test_a_const_tag_without_discriminator_pairs_variants_too(tmp_path: Path) -> None:
+    old, new = _polyglot(), _polyglot()
+    _method(old).pop("discriminator")
+    _method(new).pop("discriminator")
+    _method(new)["oneOf"].pop(0)  # Card
+    assert _found(*_folders(tmp_path, new, old=old)) == [
+        ("PaymentReceived", "$.method", 'union variant kind="card" removed', {"backward"})
+    ]
+
+
+def test_untagged_object_variants_are_compared_conservatively(tmp_path: Path) -> None:
+    old, new = _polyglot(), _polyglot()
+    for files in (old, new):
+        defs = files["payment_received.json"]["$defs"]
+        for variant in defs.values():
+            variant["properties"].pop("kind")
+            variant["required"].remove("kind")
+        _method(files).pop("discriminator")
+    assert _found(*_folders(tmp_path / "same", new, old=old)) == []
+    new["payment_received.json"]["$defs"]["Card"]["properties"]["last4"]["pattern"] = "^.{4}$"
+    assert _found(*_folders(tmp_path / "changed", new, old=old)) == [
+        (
+            "PaymentReceived",
+            "$.method",
+            "union changed (variants without a tag to pair them differ)",
+            {"backward", "forward"},
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        pytest.param(
+            {"type": ["string", "null"], "maxLength": 64},
+            {"anyOf": [{"type": "string", "maxLength": 64}, {"type": "null"}]},
+            [],
+            id="type array as anyOf",
+        ),
+        pytest.param(
+            {"type": "string", "maxLength": 64, "nullable": True},
+            {"type": ["string", "null"], "maxLength": 64},
+            [],
+            id="OpenAPI nullable as type array",
+        ),
+        pytest.param(
+            {"type": ["string", "null"], "maxLength": 64},
+            {"type": "string", "maxLength": 64},
+            [("type changed null|string -> string", {"backward"})],
+            id="null no longer allowed",
+        ),
+        pytest.param(
+            {"type": ["string", "null"], "maxLength": 64},
+            {"oneOf": [{"type": "string", "maxLength": 32}, {"type": "integer"}, {"type": "null"}]},
+            [
+                ("maxLength lowered 64 -> 32", {"backward"}),
+                ("type changed null|string -> integer|null|string", {"forward"}),
+            ],
+            id="a variant's bound and a type gained",
+        ),
+    ],
+)
+def test_scalar_unions_compare_their_types_and_each_types_keywords(
+    tmp_path: Path, before: dict[str, Any], after: dict[str, Any], expected: list[Any]
+) -> None:
+    old, new = _polyglot(), _polyglot()
+    old["payment_received.json"]["properties"]["reference"] = before
+    new["payment_received.json"]["properties"]["reference"] = after
+    found = [(what, d) for _, path, what, d in _found(*_folders(tmp_path, new, old=old))]
+    assert found == expected
+
+
+def test_a_nullable_object_pairs_with_the_plain_one(tmp_path: Path) -> None:
+    """`anyOf: [Money, null]` where Money went before: null gained (forward), and a change
+    inside Money still found."""
+    new = _polyglot()
+    new["payment_received.json"]["properties"]["amount"] = {
+        "anyOf": [{"$ref": "common.json#/$defs/Money"}, {"type": "null"}]
+    }
+    new["common.json"]["$defs"]["Money"]["properties"]["amountCents"]["maximum"] = 10**9
+    assert [(t, p, w) for t, p, w, _ in _found(*_folders(tmp_path, new))] == [
+        ("OrderPlaced", "$.total.amountCents", "maximum added (1000000000)"),
+        ("PaymentReceived", "$.amount", "type changed object -> null|object"),
+        ("PaymentReceived", "$.amount.amountCents", "maximum added (1000000000)"),
+    ]
+
+
+def test_an_empty_old_folder_breaks_nothing(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    new = _write_folder(tmp_path / "new", _polyglot())
+    assert compare_dirs(tmp_path / "old", new) == []

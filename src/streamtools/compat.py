@@ -347,24 +347,18 @@ class _Walk:
         new_objects = [b for b, v in zip(new_branches, new_views, strict=True) if v.object_like]
         opaque_old: list[list[Loc]] = []
         opaque_new: list[list[Loc]] = []
-        # scalar variants: paired by their JSON types (what the type check above compared)
-        new_scalars = {
-            v.types: b
-            for b, v in zip(new_branches, new_views, strict=True)
-            if not v.object_like and v.types is not None
-        }
-        for branch, view in zip(old_branches, old_views, strict=True):
-            if view.object_like:
-                continue
-            if view.types is None:
-                opaque_old.append(branch)
-            elif view.types in new_scalars:
-                self.conjunction(path, branch, new_scalars[view.types])
-        opaque_new += [
-            b
-            for b, v in zip(new_branches, new_views, strict=True)
-            if not v.object_like and v.types is None
-        ]
+        # scalar variants: paired by JSON type (a `type` array is one variant per type), each
+        # pair compared on the keywords that apply to that type
+        old_kinds, new_kinds = _kinds(old_branches, old_views), _kinds(new_branches, new_views)
+        opaque_old += old_kinds.pop(None, [])
+        opaque_new += new_kinds.pop(None, [])
+        for kind in sorted(k for k in old_kinds.keys() & new_kinds.keys() if k is not None):
+            before, after = old_kinds[kind], new_kinds[kind]
+            if len(before) == 1 and len(after) == 1:
+                self.scalar(path, kind, before[0], after[0])
+            else:  # two variants of one type (two string patterns): no pairing is certain
+                opaque_old += [b for b in before if b not in opaque_old]
+                opaque_new += [b for b in after if b not in opaque_new]
         # object variants: paired by tag value, or the only one on each side
         old_tag = self.old.tag(old_union, old_objects)
         new_tag = self.new.tag(new_union, new_objects)
@@ -389,6 +383,17 @@ class _Walk:
         if old_shown != new_shown:
             what = "union changed (variants without a tag to pair them differ)"
             self.add(path, what, _BOTH)
+
+    def scalar(self, path: str, kind: str, old_parts: list[Loc], new_parts: list[Loc]) -> None:
+        """Two variants that hold the values of the JSON type `kind` (the union compared
+        their types): the keywords that apply to `kind`."""
+        old = _restrict(self.old.view(old_parts), kind)
+        new = _restrict(self.new.view(new_parts), kind)
+        self.values(path, old.enum, new.enum)
+        self.bounds(path, old, new)
+        self.strings(path, old, new)
+        if old.items and new.items:
+            self.schema(f"{path}[]", old.items, new.items)
 
     def types(self, path: str, old: frozenset[str] | None, new: frozenset[str] | None) -> None:
         if old is None or new is None or old == new:
@@ -538,6 +543,61 @@ def _union_types(views: list[_View]) -> frozenset[str] | None:
         else:
             found |= view.types
     return frozenset(found)
+
+
+_KEYWORDS_OF: Final = {
+    "string": frozenset({"minLength", "maxLength"}),
+    "number": frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}),
+    "array": frozenset({"minItems", "maxItems"}),
+}
+
+
+def _kind(json_type: str) -> str:
+    return "number" if json_type == "integer" else json_type
+
+
+def _kinds(branches: list[list[Loc]], views: list[_View]) -> dict[str | None, list[list[Loc]]]:
+    """The non-object variants by the JSON type of their values (`None`: untyped ones, and
+    mixes with `object` that only a conservative comparison can judge)."""
+    found: dict[str | None, list[list[Loc]]] = {}
+    for branch, view in zip(branches, views, strict=True):
+        if view.object_like:
+            continue
+        if view.types is None or "object" in view.types:
+            found.setdefault(None, []).append(branch)
+            continue
+        for kind in sorted({_kind(t) for t in view.types}):
+            found.setdefault(kind, []).append(branch)
+    return found
+
+
+def _restrict(view: _View, kind: str) -> _View:
+    """What `view` says about the values of the JSON type `kind`."""
+    keywords = _KEYWORDS_OF.get(kind, frozenset())
+    enum = view.enum
+    if enum is not None:
+        enum = [v for v in enum if _kind(_json_type(v)) == kind]
+    return _View(
+        types=view.types,
+        enum=enum,
+        bounds={k: v for k, v in view.bounds.items() if k in keywords},
+        multiple_of=view.multiple_of if kind == "number" else set(),
+        patterns=view.patterns if kind == "string" else set(),
+        formats=view.formats if kind == "string" else set(),
+        items=view.items if kind == "array" else [],
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 def _covers(wide: frozenset[str], narrow: frozenset[str]) -> bool:
