@@ -298,3 +298,22 @@ def test_a_custom_meta_schema_is_read_as_2020_12_with_a_warning(
     err = capsys.readouterr().err
     assert "is not a JSON Schema draft: read as draft 2020-12" in err
     assert "unknown keywords taken as annotations (JSON Schema 2020-12): self" in err
+
+
+def test_generated_packages_pass_mypy_strict(tmp_path: Path) -> None:
+    """What users run on their generated contracts: fields named like types (`datetime`),
+    renamed fields, tagged unions, field checks, shared modules."""
+    from mypy import api
+
+    generate(POLYGLOT, tmp_path / "poly_typed")
+    generate(Path(__file__).parent / "codegen_cases", tmp_path / "cases_typed")
+    stdout, stderr, status = api.run(
+        [
+            "--strict",
+            "--cache-dir=/dev/null",
+            "--no-error-summary",
+            str(tmp_path / "poly_typed"),
+            str(tmp_path / "cases_typed"),
+        ]
+    )
+    assert status == 0, stdout + stderr

@@ -142,6 +142,13 @@ _OBJECT_BY_VALIDATOR = tuple(sorted(_OBJECT - {"properties", "required", "additi
 _JSON_TYPES = ("boolean", "object", "array", "number", "integer", "string", "null")
 
 
+def stdlib_name(name: str) -> str:
+    """A placeholder for `datetime`, `date` or `time` in a type expression: the module's
+    renderer spells it, aliased where a field of the module is named like it (a field called
+    `datetime` would hide the type from mypy in the annotations after it)."""
+    return f"\x00{name}\x00"
+
+
 def assertions(node: dict[str, Any]) -> set[str]:
     """The keywords of `node` that can make an instance invalid (unknown ones are annotations)."""
     found = {key for key in node if key in KNOWN and key not in ANNOTATIONS}
@@ -384,13 +391,13 @@ class Translator:
             typed = {
                 "uuid": PyType("UUID", "str", names=frozenset({"UUID"})),
                 "date-time": PyType(
-                    "Annotated[datetime, msgspec.Meta(tz=True)]",
+                    f"Annotated[{stdlib_name('datetime')}, msgspec.Meta(tz=True)]",
                     "str",
                     names=frozenset({"Annotated", "datetime"}),
                 ),
-                "date": PyType("date", "str", names=frozenset({"date"})),
+                "date": PyType(stdlib_name("date"), "str", names=frozenset({"date"})),
                 "time": PyType(
-                    "Annotated[time, msgspec.Meta(tz=True)]",
+                    f"Annotated[{stdlib_name('time')}, msgspec.Meta(tz=True)]",
                     "str",
                     names=frozenset({"Annotated", "time"}),
                 ),

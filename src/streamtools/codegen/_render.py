@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +63,14 @@ def module_source(
         "from __future__ import annotations",
         "",
     ]
+    attributes = {item.attr for struct in structs for item in struct.fields}
+    spelled = {
+        name: f"_{name}" if name in attributes else name for name in ("date", "datetime", "time")
+    }
     stdlib: dict[str, set[str]] = {}
     for name in names:
-        stdlib.setdefault(_FROM[name], set()).add(name)
+        alias = spelled.get(name, name)
+        stdlib.setdefault(_FROM[name], set()).add(name if alias == name else f"{name} as {alias}")
     for origin in sorted(stdlib):
         lines.append(f"from {origin} import {', '.join(sorted(stdlib[origin]))}")
     if stdlib:
@@ -98,7 +104,10 @@ def module_source(
     for struct in sorted(structs, key=lambda s: s.name):
         lines.append("")
         lines.append("")
-        lines.extend(_class(struct, checks))
+        lines.extend(
+            re.sub("\x00([a-z]+)\x00", lambda m: spelled[m.group(1)], line)
+            for line in _class(struct, checks)
+        )
     if whole:
         lines.append("")
         lines.append("# A rule on the message as a whole: the validator checks all of it.")
