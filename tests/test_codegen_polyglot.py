@@ -317,3 +317,42 @@ def test_generated_packages_pass_mypy_strict(tmp_path: Path) -> None:
         ]
     )
     assert status == 0, stdout + stderr
+
+
+def test_a_root_ref_or_allof_is_a_message(tmp_path: Path) -> None:
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    shared = {
+        "$defs": {
+            "Base": {
+                "type": "object",
+                "required": ["eventId"],
+                "properties": {"eventId": {"type": "string"}},
+            }
+        }
+    }
+    (schemas / "shared.json").write_text(json.dumps(shared))
+    (schemas / "ping.json").write_text(
+        json.dumps({"x-queue": "pings", "$ref": "shared.json#/$defs/Base"})
+    )
+    (schemas / "user_signed_up.json").write_text(
+        json.dumps(
+            {
+                "allOf": [
+                    {"$ref": "shared.json#/$defs/Base"},
+                    {"type": "object", "properties": {"userId": {"type": "integer"}}},
+                ]
+            }
+        )
+    )
+    generate(schemas, tmp_path / "roots")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        roots = importlib.import_module("roots")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert roots.PINGS.message_type is roots.Ping  # the file name names a titleless message
+    signed = Codec(roots.UserSignedUp).decode(b'{"eventId": "e1", "userId": 7}')
+    assert (signed.event_id, signed.user_id) == ("e1", 7)
+    with pytest.raises(ValidationError, match="eventId"):
+        Codec(roots.Ping).decode(b"{}")

@@ -226,12 +226,13 @@ def load_folder(schemas_dir: Path, problems: Problems) -> Folder:
 
 
 def is_message(body: Any) -> bool:
-    """A message: `x-queue`, an object schema at the root, or a titled schema of its own; a
-    file of untitled definitions (or of one untitled scalar schema) is shared types."""
+    """A message: `x-queue`, an object schema or an `allOf` at the root, or a titled schema of
+    its own; a file of untitled definitions (or of one untitled `$ref` or scalar schema) is
+    shared types."""
     if not isinstance(body, dict):
         return True  # reported: not a schema object
     kind = body.get("type")
-    if "x-queue" in body or "properties" in body or kind == "object":
+    if "x-queue" in body or "properties" in body or "allOf" in body or kind == "object":
         return True
     if isinstance(kind, list) and "object" in kind:
         return True
