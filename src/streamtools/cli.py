@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     compat = commands.add_parser(
         "compat",
         help="report breaking changes between two folders of schemas",
-        description="Compare the JSON Schemas of OLD_SCHEMAS and NEW_SCHEMAS (paired by title) "
-        "and print one line per incompatible change; exit 0 when every contract is "
+        description="Compare the JSON Schemas of OLD_SCHEMAS and NEW_SCHEMAS (paired by message "
+        "class name) and print one line per incompatible change; exit 0 when every contract is "
         "compatible, 1 otherwise.",
     )
     compat_module.add_arguments(compat)

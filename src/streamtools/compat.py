@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO
 
-from streamtools.codegen import _message_names
 from streamtools.codegen._load import (
     LIST_KEYWORDS,
     MAP_KEYWORDS,
@@ -62,6 +61,7 @@ from streamtools.codegen._load import (
     load_folder,
 )
 from streamtools.codegen._model import ANNOTATIONS, TYPED_FORMATS, Translator
+from streamtools.codegen._naming import message_names
 from streamtools.codegen._problems import CodegenError, Problems
 from streamtools.errors import ConfigurationError
 
@@ -153,7 +153,7 @@ class _Side:
         """The schemas whose conjunction `locs` are: `$ref`s followed, `allOf` flattened."""
         found: list[Loc] = []
         for loc in locs:
-            parts = self._translator._parts(loc)  # codegen's own merge (problems recorded)
+            parts = self._translator.parts(loc)  # codegen's own merge (problems recorded)
             found.extend(parts if parts is not None else [])
         return found
 
@@ -662,7 +662,7 @@ def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Break]:
     """The breaks between two versions of one self-contained message schema (all directions)."""
     old_side, new_side = _Side(_single(old)), _Side(_single(new))
     [old_doc], [new_doc] = old_side.folder.documents, new_side.folder.documents
-    names = _message_names([new_doc], Problems()) or _message_names([old_doc], Problems())
+    names = message_names([new_doc], Problems()) or message_names([old_doc], Problems())
     name = next(iter(names.values()), "Message")
     breaks = _compare(name, old_side, new_side, old_doc, new_doc)
     _raise_problems(old_side, new_side)
@@ -688,7 +688,7 @@ def _load(directory: Path) -> tuple[_Side, dict[str, Document]]:
         if not isinstance(doc.body, dict):
             problems.add(doc.path, "not a schema object at #", "write the schema as a JSON object")
     messages = [d for d in folder.documents if d.is_message and isinstance(d.body, dict)]
-    names = _message_names(messages, problems)
+    names = message_names(messages, problems)
     problems.raise_any()
     return _Side(folder), {name: doc for doc, name in names.items()}
 

@@ -39,7 +39,7 @@ from streamtools.codegen import _naming
 from streamtools.codegen._load import Document, Folder, Loc, load_folder, walk
 from streamtools.codegen._model import KNOWN, TYPED_FORMATS, StructDef, Translator
 from streamtools.codegen._problems import CodegenError, Problems
-from streamtools.codegen._render import RESERVED, Message, init_source, module_source
+from streamtools.codegen._render import Message, init_source, module_source
 from streamtools.codegen._write import check_tree, write_tree
 
 __all__ = [
@@ -178,7 +178,7 @@ def _render(schemas_dir: Path, problems: Problems) -> dict[str, bytes]:
             "no message schemas (only shared definitions)",
             'add a schema with "type": "object" per message type',
         )
-    names = _message_names(messages_docs, problems)
+    names = _naming.message_names(messages_docs, problems)
     modules = _module_names(folder, names)
     translator = Translator(folder, problems, modules)
     messages: list[Message] = []
@@ -302,35 +302,6 @@ _DIALECTS = frozenset(
         "draft-04/schema",
     )
 )
-
-
-def _message_names(docs: list[Document], problems: Problems) -> dict[Document, str]:
-    names: dict[Document, str] = {}
-    for doc in docs:
-        title = doc.body.get("title")
-        name = _naming.class_name(title) if isinstance(title, str) and _naming.words(title) else ""
-        if not name:
-            name = _naming.class_name(doc.stem)
-        if name in RESERVED:
-            problems.add(
-                doc.path,
-                f"the class name {name!r} (from the title or file name) is reserved",
-                "use another title (not one of: " + ", ".join(sorted(RESERVED)) + ")",
-            )
-            continue
-        names[doc] = name
-    seen: dict[str, Document] = {}
-    for doc, name in sorted(names.items(), key=lambda item: item[0].uri):
-        if name in seen:
-            problems.add(
-                doc.path,
-                f"the class name {name!r} (from the title or file name) is already "
-                f"{seen[name].path.name}'s",
-                "give every message schema its own title",
-            )
-        else:
-            seen[name] = doc
-    return names
 
 
 def _module_names(folder: Folder, names: dict[Document, str]) -> dict[Document, str]:

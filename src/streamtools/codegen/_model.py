@@ -271,7 +271,7 @@ class Translator:
 
     def message(self, doc: Document, name: str) -> StructDef | None:
         root = doc.root
-        parts = self._parts(root)
+        parts = self.parts(root)
         if parts is None or not self._struct_parts(parts, root=True):
             self.problems.add(
                 doc.path,
@@ -323,7 +323,7 @@ class Translator:
             finally:
                 self.in_progress.discard(target.key)
         if "allOf" in node or "$ref" in node:
-            parts = self._parts(loc)
+            parts = self.parts(loc)
             if parts is None:
                 return _any()
             if self._struct_parts(parts):
@@ -574,7 +574,7 @@ class Translator:
             loc = target
         return loc
 
-    def _parts(self, loc: Loc, depth: int = 0) -> list[Loc] | None:
+    def parts(self, loc: Loc, depth: int = 0) -> list[Loc] | None:
         """The schemas whose conjunction `loc` is: its `$ref` target and `allOf` branches,
         flattened, and itself (without those) when it has keywords of its own."""
         if depth > 32:
@@ -588,7 +588,7 @@ class Translator:
                 return None
             if target is loc or not isinstance(target.node, dict) or "allOf" not in target.node:
                 return [target]
-            return self._parts(target, depth + 1)
+            return self.parts(target, depth + 1)
         if "allOf" not in node and "$ref" not in node:
             return [loc]
         parts: list[Loc] = []
@@ -596,13 +596,13 @@ class Translator:
             target = self._deref(_only_ref(loc))
             if target is None:
                 return None
-            sub = self._parts(target, depth + 1)
+            sub = self.parts(target, depth + 1)
             if sub is None:
                 return None
             parts.extend(sub)
         branches = node.get("allOf", [])
         for index in range(len(branches) if isinstance(branches, list) else 0):
-            sub = self._parts(loc.child("allOf", str(index)), depth + 1)
+            sub = self.parts(loc.child("allOf", str(index)), depth + 1)
             if sub is None:
                 return None
             parts.extend(sub)
@@ -739,7 +739,7 @@ class Translator:
                     continue
                 structs: list[StructDef] = []
                 for branch, tag in zip(branches, tags, strict=True):
-                    parts = self._parts(branch)
+                    parts = self.parts(branch)
                     if parts is None:
                         return None
                     name = self._name_for(branch, _naming.class_name(f"{hint} {tag}"))
@@ -898,7 +898,7 @@ def _properties(loc: Loc) -> dict[str, Any]:
 
 
 def _tag_value(loc: Loc, name: str, translator: Translator) -> str | int | None:
-    parts = translator._parts(loc) or []
+    parts = translator.parts(loc) or []
     for part in parts:
         schema = _properties(part).get(name)
         if not isinstance(schema, dict):
@@ -915,7 +915,7 @@ def _tag_value(loc: Loc, name: str, translator: Translator) -> str | int | None:
 
 
 def _required_in(loc: Loc, name: str, translator: Translator) -> bool:
-    for part in translator._parts(loc) or []:
+    for part in translator.parts(loc) or []:
         node = part.node
         required = node.get("required") if isinstance(node, dict) else None
         if isinstance(required, list) and name in required:

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import keyword
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamtools.codegen._load import Document
+    from streamtools.codegen._problems import Problems
+
+# Names the generated __init__.py binds itself: no export may shadow them.
+RESERVED = frozenset(
+    {"Any", "Mapping", "MappingProxyType", "QUEUES", "Queue", "register_contracts"}
+)
 
 _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z0-9])|[A-Z]?[a-z0-9]+|[A-Z]+|[0-9]+")
 
@@ -62,3 +72,34 @@ def unique(name: str, taken: set[str]) -> str:
 def constant_name(queue: str) -> str:
     """`orders.created` -> `ORDERS_CREATED`."""
     return re.sub(r"[.\-]", "_", queue).upper()
+
+
+def message_names(docs: list[Document], problems: Problems) -> dict[Document, str]:
+    """Each message document's class name: the PascalCase of its title, else of its file name;
+    a reserved or repeated name is a problem (codegen and compat name messages alike)."""
+    names: dict[Document, str] = {}
+    for doc in docs:
+        title = doc.body.get("title")
+        name = class_name(title) if isinstance(title, str) and words(title) else ""
+        if not name:
+            name = class_name(doc.stem)
+        if name in RESERVED:
+            problems.add(
+                doc.path,
+                f"the class name {name!r} (from the title or file name) is reserved",
+                "use another title (not one of: " + ", ".join(sorted(RESERVED)) + ")",
+            )
+            continue
+        names[doc] = name
+    seen: dict[str, Document] = {}
+    for doc, name in sorted(names.items(), key=lambda item: item[0].uri):
+        if name in seen:
+            problems.add(
+                doc.path,
+                f"the class name {name!r} (from the title or file name) is already "
+                f"{seen[name].path.name}'s",
+                "give every message schema its own title",
+            )
+        else:
+            seen[name] = doc
+    return names

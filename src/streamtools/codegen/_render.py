@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamtools.codegen._model import FieldDef, StructDef
+from streamtools.codegen._naming import RESERVED
 
 # Where each name a type expression may use comes from.
 _FROM = {
@@ -20,10 +21,6 @@ _FROM = {
     "datetime": "datetime",
     "time": "datetime",
 }
-# Names the generated __init__.py binds itself: no export may shadow them.
-RESERVED = frozenset(
-    {"Any", "Mapping", "MappingProxyType", "QUEUES", "Queue", "register_contracts"}
-)
 
 
 @dataclass
