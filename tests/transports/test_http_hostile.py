@@ -526,3 +526,30 @@ async def test_healthz_tells_a_client_without_the_token_the_status_only(
         status, _, body = await exchange(consumer.port, probe % b"Authorization: Bearer s3cret\r\n")
         assert (status, body) == (200, {"status": "ok", "queues": [consumer.queue.name]})
         await assert_serves(consumer, "Authorization: Bearer s3cret\r\n")
+
+
+class Tree(msgspec.Struct):
+    node: Any = None
+
+
+async def test_a_get_query_nested_too_deep_is_a_clean_400() -> None:
+    """JSON 1,500 levels deep in a query parameter: refused as malformed (400) like the same
+    body in a POST, never a 500 with a traceback; the next GET is served."""
+    consumer = HTTPConsumer(Queue(unique_name(), Tree), host="127.0.0.1", port=0)
+    seen: list[Tree] = []
+
+    @consumer(method="GET")
+    async def handle(tree: Tree) -> None:
+        seen.append(tree)
+
+    await consumer.start()
+    try:
+        deep = "[" * 1500 + "]" * 1500
+        path = f"/{consumer.queue.name}?node={deep}"
+        head = f"GET {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".encode()
+        assert_error(await exchange(consumer.port, head), 400, "malformed")
+        fine = f"GET /{consumer.queue.name}?node=[1] HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        assert (await exchange(consumer.port, fine))[0] == 204
+        assert seen == [Tree([1])]
+    finally:
+        await consumer.close()

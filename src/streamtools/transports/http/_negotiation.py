@@ -100,6 +100,14 @@ class QueryConverter:
         self.default = _AUTO if not fields else _TEXT
 
     def to_json(self, query: MultiMapping[str]) -> bytes:
+        """The message a GET query carries, as JSON; DecodeError or ValidationError if not."""
+        try:
+            return self._to_json(query)
+        except RecursionError:
+            # Nesting deeper than the interpreter's recursion limit: refused, as a body is.
+            raise DecodeError("a query parameter is nested too deeply to decode") from None
+
+    def _to_json(self, query: MultiMapping[str]) -> bytes:
         data: dict[str, object] = {}
         for key in dict.fromkeys(query.keys()):
             values = query.getall(key)
