@@ -24,9 +24,6 @@ def register_contracts(queues: Mapping[str, Queue[Any]], *, schemas: str | None 
     is harmless; a different message type for an already registered queue name is a
     ConfigurationError.
     """
-    if schemas is not None:
-        for contract in queues.values():
-            _published[contract.message_type] = schemas
     for name, contract in queues.items():
         known = _contracts.get(name)
         if known is not None and known.message_type is not contract.message_type:
@@ -34,7 +31,10 @@ def register_contracts(queues: Mapping[str, Queue[Any]], *, schemas: str | None 
                 f"queue {name!r} is registered with {known.message_type.__name__} and "
                 f"{contract.message_type.__name__}; a queue carries one message type"
             )
+    for name, contract in queues.items():  # all or nothing
         _contracts[name] = contract
+        if schemas is not None:
+            _published[contract.message_type] = schemas
 
 
 def published_schemas(message_type: type[Any]) -> str | None:
