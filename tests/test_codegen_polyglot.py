@@ -6,6 +6,7 @@ wire field."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import subprocess
@@ -356,3 +357,56 @@ def test_a_root_ref_or_allof_is_a_message(tmp_path: Path) -> None:
     assert (signed.event_id, signed.user_id) == ("e1", 7)
     with pytest.raises(ValidationError, match="eventId"):
         Codec(roots.Ping).decode(b"{}")
+
+
+def test_a_whole_message_rule_leaves_what_msgspec_enforces_out_of_the_validator(
+    tmp_path: Path,
+) -> None:
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "reading.json").write_text(
+        json.dumps(
+            {
+                "title": "Reading",
+                "type": "object",
+                "propertyNames": {"pattern": "^[a-z][A-Za-z]*$"},
+                "required": ["sensorId", "value"],
+                "properties": {
+                    "sensorId": {"type": "string", "minLength": 3},
+                    "value": {"type": "number", "maximum": 100},
+                    "unit": {"not": {"const": "F"}},
+                },
+            }
+        )
+    )
+    generate(schemas, tmp_path / "readings")
+    source = (tmp_path / "readings" / "reading.py").read_text()
+    line = next(line for line in source.splitlines() if line.startswith("_WHOLE = "))
+    call = ast.parse(line).body[0].value  # type: ignore[attr-defined]
+    whole = json.loads(call.args[1].value)
+    props = whole["file:///schemas/reading.json"]["properties"]
+    # msgspec enforces these exactly (`unit` through the Struct's own field check): left out
+    assert props == {"sensorId": True, "value": True, "unit": True}
+    assert whole["file:///schemas/reading.json"]["propertyNames"] == {"pattern": "^[a-z][A-Za-z]*$"}
+    sys.path.insert(0, str(tmp_path))
+    try:
+        reading = importlib.import_module("readings").Reading
+    finally:
+        sys.path.remove(str(tmp_path))
+    codec: Codec[Any] = Codec(reading)
+    assert codec.decode(b'{"sensorId": "abc", "value": 3, "unit": "C"}').value == 3
+    for body, path in [
+        (b'{"sensorId": "ab", "value": 3}', "$.sensorId"),  # msgspec
+        (b'{"sensorId": "abc", "value": 300}', "$.value"),  # msgspec
+        (b'{"sensorId": "abc", "value": 3, "unit": "F"}', "$.unit"),  # the field check
+        (b'{"sensorId": "abc", "value": 3, "Bad": 1}', "$"),  # the whole-message validator
+    ]:
+        with pytest.raises(ValidationError) as refused:
+            codec.decode(body)
+        assert refused.value.path == path, refused.value
+        values = json.loads(body)
+        if "Bad" in values:
+            continue  # a Struct cannot hold an unknown name: only a foreign sender sends one
+        names = {f.encode_name: f.name for f in msgspec.structs.fields(reading)}
+        with pytest.raises(ValidationError):  # by the constructor (a field check) or on send
+            codec.encode(reading(**{names[k]: v for k, v in values.items()}), validate=True)

@@ -268,15 +268,7 @@ class Codec(Generic[T]):
                 f"cannot encode {self.type_name} message: {exc}; "
                 "fields must hold JSON-compatible values of their declared types"
             ) from exc
-        if validate and self._schema is not None:
-            problem = self._schema.problem(self._any_decode(data))
-            if problem is not None:
-                raise ValidationError(
-                    f"invalid {self.type_name} message: {problem[0]} - at `{problem[1]}`; fix "
-                    "the value before sending (or pass validate=False to skip the check)",
-                    path=problem[1],
-                )
-        elif validate and self._checked:
+        if validate and self._checked:
             try:
                 self._decoder.decode(data)
             except msgspec.ValidationError as exc:
@@ -285,6 +277,15 @@ class Codec(Generic[T]):
                     "sending (or pass validate=False to skip the check)",
                     path=error_path(exc),
                 ) from exc
+        if validate and self._schema is not None:
+            # What msgspec enforces was checked above; the validator checks the rest.
+            problem = self._schema.problem(self._any_decode(data))
+            if problem is not None:
+                raise ValidationError(
+                    f"invalid {self.type_name} message: {problem[0]} - at `{problem[1]}`; fix "
+                    "the value before sending (or pass validate=False to skip the check)",
+                    path=problem[1],
+                )
         return data
 
     def decode(self, data: bytes | bytearray | memoryview) -> T:
@@ -307,30 +308,30 @@ class Codec(Generic[T]):
             ) from None
 
     def _decode_checked(self, data: bytes | bytearray | memoryview, schema: SchemaCheck) -> T:
-        """The validator's path: decode to builtins, check the schema, convert to the type."""
+        """The whole-message validator's path: msgspec's typed decode first (it enforces what
+        it can, exactly), then the validator on the same body as JSON values, with a schema
+        from which codegen left out what msgspec enforces."""
         try:
+            msg = self._decoder.decode(data)
             document = self._any_decode(data)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(
+                f"{self.type_name} message does not match its schema: {error_text(exc)}",
+                path=error_path(exc),
+            ) from exc
         except msgspec.DecodeError as exc:
             raise DecodeError(f"malformed {self.content_type} body: {exc}") from exc
         except RecursionError:
             raise DecodeError(
                 f"malformed {self.content_type} body: nested too deeply to decode"
             ) from None
-        problem = schema.problem(document)
-        if problem is not None:
-            raise ValidationError(
-                f"{self.type_name} message does not match its schema: {problem[0]} - at "
-                f"`{problem[1]}`",
-                path=problem[1],
-            )
-        try:
-            converted: T = msgspec.convert(document, self.message_type)
-            return converted
-        except msgspec.ValidationError as exc:
-            raise ValidationError(
-                f"{self.type_name} message does not match its schema: {error_text(exc)}",
-                path=error_path(exc),
-            ) from exc
+        if schema.is_valid(document):
+            return msg
+        message, path = schema.explain(document)
+        raise ValidationError(
+            f"{self.type_name} message does not match its schema: {message} - at `{path}`",
+            path=path,
+        )
 
 
 _json_any = msgspec.json.Decoder()

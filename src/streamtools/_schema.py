@@ -28,17 +28,21 @@ _ASSERTED_FORMATS: Final = ("uuid", "date-time", "date", "time")
 class SchemaCheck:
     """One compiled validator: `problem(instance)` is None or (message, `$.json.path`)."""
 
-    __slots__ = ("_validator", "uri")
+    __slots__ = ("_validator", "is_valid", "uri")
 
     def __init__(self, validator: Any, uri: str) -> None:
         self._validator = validator
+        self.is_valid: Callable[[Any], bool] = validator.is_valid
         self.uri = uri
 
     def problem(self, instance: Any) -> tuple[str, str] | None:
-        validator = self._validator
-        if validator.is_valid(instance):
+        if self.is_valid(instance):
             return None
-        error = next(iter(validator.iter_errors(instance)))
+        return self.explain(instance)
+
+    def explain(self, instance: Any) -> tuple[str, str]:
+        """The first error of an invalid `instance`: (message, `$.json.path`)."""
+        error = next(iter(self._validator.iter_errors(instance)))
         return error.message, json_path(error.instance_path)
 
 

@@ -213,10 +213,20 @@ def _render(schemas_dir: Path, problems: Problems) -> dict[str, bytes]:
         source = _relative(schemas_dir, docs_by_module[module].path)
         checks = sorted({uri for s in structs for f in s.fields for uri in f.checks})
         wholes = [m.struct.doc.uri + "#" for m in own if m.whole]
-        documents = None
-        if checks or wholes:
-            documents = _documents(folder, [*checks, *wholes], docs_by_module[module], problems)
-        files[f"{module}.py"] = module_source(module, source, structs, own, documents).encode()
+        documents = pruned = None
+        if checks:
+            documents = _documents(folder, checks, docs_by_module[module], problems)
+        if wholes:
+            pruned = _documents(folder, wholes, docs_by_module[module], problems)
+            if pruned is not None:
+                for message in own:
+                    if message.whole:
+                        pruned[message.struct.doc.uri] = _prune(
+                            translator, message.struct.doc, pruned[message.struct.doc.uri]
+                        )
+        files[f"{module}.py"] = module_source(
+            module, source, structs, own, documents, pruned
+        ).encode()
         exports[module] = sorted(s.name for s in structs)
     problems.raise_any()
     published = _published(folder, messages)
@@ -429,6 +439,56 @@ def _at(body: Any, where: str) -> Any:
         token = token.replace("~1", "/").replace("~0", "~")
         node = node[int(token)] if isinstance(node, list) else node[token]
     return node
+
+
+def _prune(translator: Translator, doc: Document, body: Any) -> Any:
+    """`body` (the validator's copy of a message's document) with every subschema msgspec
+    already enforces exactly, where msgspec decodes it, replaced by `true`.
+
+    The whole-message validator then checks only what msgspec cannot: the codec decodes the
+    typed Struct first, then validates the pruned schema. Only positions msgspec decodes as
+    they are walked (a Struct's properties and inline `allOf` branches, a list's `items`, a
+    map's `additionalProperties`); nothing under `not`, `if`, unions or a `$ref` is touched,
+    so the pruned schema only ever accepts more, and only what msgspec refuses itself."""
+    prune: list[str] = []
+
+    def descend(loc: Loc) -> None:
+        if translator.covered(loc):
+            prune.append(loc.where)
+            return
+        typed = translator.results.get(loc.key)
+        if typed is None:
+            return
+        if typed.kind == "struct" and len(typed.structs) == 1:
+            struct_at(loc)
+        elif isinstance(loc.node, dict):
+            inner = {"array": "items", "object": "additionalProperties"}.get(typed.kind)
+            if inner is not None and isinstance(loc.node.get(inner), dict):
+                descend(loc.child(inner))
+
+    def struct_at(loc: Loc) -> None:
+        node = loc.node
+        if not isinstance(node, dict) or "$ref" in node:
+            return
+        properties = node.get("properties")
+        if isinstance(properties, dict):
+            for name in properties:
+                descend(loc.child("properties", name))
+        branches = node.get("allOf")
+        if isinstance(branches, list):
+            for index in range(len(branches)):
+                struct_at(loc.child("allOf", str(index)))
+
+    struct_at(doc.root)
+    for where in prune:
+        parent, _, token = where.rpartition("/")
+        container = _at(body, parent)
+        key = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(container, list):
+            container[int(key)] = True
+        else:
+            container[key] = True
+    return body
 
 
 def _for_validator(doc: Document) -> Any:

@@ -259,6 +259,8 @@ class Translator:
         self.structs: dict[str, StructDef] = {}
         self.class_names: dict[str, set[str]] = {}
         self.in_progress: set[str] = set()
+        self.results: dict[str, PyType] = {}  # every subschema's type, by location
+        self.checked: set[str] = set()  # the locations a Struct's field check covers
         # $dynamicRef resolves against the path it was reached by: checked whole, never by field
         self.dynamic = any(
             isinstance(loc.node, dict)
@@ -303,6 +305,19 @@ class Translator:
     # --- types ---------------------------------------------------------------------------
 
     def type_of(self, loc: Loc, hint: str) -> PyType:
+        typed = self._type_of(loc, hint)
+        self.results[loc.key] = typed
+        return typed
+
+    def covered(self, loc: Loc) -> bool:
+        """Whether msgspec (with the Structs' field checks) enforces exactly everything the
+        subschema at `loc` says, where it stands: then the whole-message validator need not."""
+        if loc.key in self.checked:
+            return True
+        typed = self.results.get(loc.key)
+        return typed is not None and typed.exact and all(self.exact(s) for s in typed.structs)
+
+    def _type_of(self, loc: Loc, hint: str) -> PyType:
         node = loc.node
         if node is True or node == {}:
             return _any(exact=True)
@@ -876,6 +891,7 @@ class Translator:
             item = FieldDef(attr, wire, typed, is_required, default, factory)
             if locs and not typed.exact and typed.plain_json and not self.dynamic:
                 item.checks = [location_uri(other) for other in locs]
+                self.checked.update(other.key for other in locs)
             struct.fields.append(item)
 
 

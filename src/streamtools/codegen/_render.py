@@ -42,8 +42,10 @@ def module_source(
     structs: Sequence[StructDef],
     messages: Sequence[Message],
     documents: Mapping[str, Any] | None,
+    pruned: Mapping[str, Any] | None,
 ) -> str:
-    """One module; `documents` (by URI) when a field check or a whole message needs them."""
+    """One module; `documents` (by URI) for its field checks, `pruned` for its messages the
+    validator checks whole (their documents with what msgspec enforces left out)."""
     names: set[str] = set()
     imported: dict[str, set[str]] = {}
     for struct in structs:
@@ -79,7 +81,7 @@ def module_source(
         for item in struct.fields:
             for uri in item.checks:
                 checks.setdefault(uri, f"_check_{len(checks) + 1}")
-    if documents is not None:
+    if documents is not None or pruned is not None:
         helpers = ["schema_registry"]
         helpers += ["field_check"] if checks else []
         helpers += ["enforce_schema"] if whole else []
@@ -89,15 +91,20 @@ def module_source(
         lines.append("")
         for origin in sorted(imported):
             lines.append(f"from .{origin} import {', '.join(sorted(imported[origin]))}")
-    if documents is not None:
-        text = json.dumps(documents, separators=(",", ":"), ensure_ascii=True)
+    if documents is not None or pruned is not None:
         lines.append("")
         lines.append(
             "# The keywords msgspec cannot check are the JSON Schema validator's (jsonschema-rs)."
         )
+    if documents is not None:
+        text = json.dumps(documents, separators=(",", ":"), ensure_ascii=True)
         lines.append(f"_SCHEMAS = schema_registry(__name__, {json.dumps(text)})")
         for uri, name in checks.items():
             lines.append(f"{name} = field_check(_SCHEMAS, {json.dumps(uri)})")
+    if pruned is not None:
+        text = json.dumps(pruned, separators=(",", ":"), ensure_ascii=True)
+        lines.append("# Whole-message checks: what msgspec enforces itself is left out (true).")
+        lines.append(f"_WHOLE = schema_registry(__name__, {json.dumps(text)})")
     for struct in sorted(structs, key=lambda s: s.name):
         lines.append("")
         lines.append("")
@@ -110,7 +117,7 @@ def module_source(
         lines.append("# A rule on the message as a whole: the validator checks all of it.")
         for message in whole:
             uri = message.struct.doc.uri + "#"
-            lines.append(f"enforce_schema({message.struct.name}, {json.dumps(uri)}, _SCHEMAS)")
+            lines.append(f"enforce_schema({message.struct.name}, {json.dumps(uri)}, _WHOLE)")
     return "\n".join(lines) + "\n"
 
 
