@@ -209,6 +209,23 @@ class Producer(_Endpoint, Generic[T]):
         await self._send(body, meta, options)
         return meta.id
 
+    async def send_encoded(self, body: bytes, meta: Metadata, **options: object) -> str:
+        """Send a message already encoded in `meta.content_type`, with the metadata given.
+
+        For relays and forwarders (the outbox): the message id, type, source and time are
+        `meta`'s, so a message sent again after a crash carries the id it was given when it
+        was written. `body` is not validated here (encode it with the queue's codec, with
+        `validate=True`); returns `meta.id` once the transport has accepted it.
+        """
+        if not self._ready:
+            await self.a_init()
+        if _telemetry.active():
+            with _telemetry.sending(self, (meta,)) as (traced,):
+                await self._send(body, traced, options)
+            return meta.id
+        await self._send(body, meta, options)
+        return meta.id
+
     async def send_many(self, msgs: Iterable[T], **options: object) -> list[str]:
         """Send every message concurrently; return their ids in order once all are accepted.
 

@@ -326,6 +326,9 @@ class ConsumerRunner:
         self.uvloop = _use_uvloop(uvloop)
         if self.metrics:
             _telemetry.enable_metrics(metrics_registry)  # a ConfigurationError if missing
+        self.on_startup: list[Callable[[], Awaitable[None]]] = []
+        """Called before the consumers start, e.g. an outbox relay's `start` (a background
+        task of its own); one that raises stops the runner with its error."""
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         """Called after the consumers stopped, e.g. a producer's `close`, like aiohttp's
         `on_cleanup`: handlers may still send until then."""
@@ -353,6 +356,8 @@ class ConsumerRunner:
         try:
             if self.port is not None:
                 stop_endpoints = await self._serve_endpoints()
+            for callback in self.on_startup:
+                await callback()
             await self._start_all()
             await self._stop.wait()
             logger.info("stopping: finishing in-flight handlers")

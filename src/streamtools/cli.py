@@ -191,6 +191,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compat_module.add_arguments(compat)
     compat.set_defaults(handler=_cmd_compat)
+
+    outbox = commands.add_parser(
+        "outbox",
+        help="the PostgreSQL outbox: create its tables, run its relay",
+        description="The transactional outbox and inbox on PostgreSQL (streamtools[postgres]).",
+    )
+    outbox_commands = outbox.add_subparsers(
+        title="outbox commands", metavar="ACTION", required=True
+    )
+    init = outbox_commands.add_parser(
+        "init",
+        help="create the outbox and inbox tables (idempotent); prints the SQL it runs",
+        description="Create the outbox and inbox tables in SCHEMA, idempotently, and print the "
+        "SQL; with --print, print it only (for a migration tool).",
+    )
+    relay = outbox_commands.add_parser(
+        "relay",
+        help="publish committed outbox rows until SIGINT/SIGTERM",
+        description="Publish the outbox's committed rows through TRANSPORT, in commit order "
+        "per key, until SIGINT or SIGTERM. The transport's settings come from its environment "
+        "variables (RMQ_URL, KAFKA_BOOTSTRAP_SERVERS, ...).",
+    )
+    for sub in (init, relay):
+        sub.add_argument(
+            "--schema", default="streamtools", help="schema name (default: streamtools)"
+        )
+        sub.add_argument(
+            "--dsn",
+            default=None,
+            help="PostgreSQL connection string (default: $STREAMTOOLS_OUTBOX_DSN, else "
+            "$DATABASE_URL, else libpq's PG* variables)",
+        )
+    init.add_argument("--print", action="store_true", help="print the SQL, do not run it")
+    init.set_defaults(handler=_cmd_outbox_init)
+    relay.add_argument(
+        "--transport",
+        default=os.environ.get("QUEUE_TYPE", "RMQIOHandler"),
+        help="registry name (default: $QUEUE_TYPE, else RMQIOHandler)",
+    )
+    relay.add_argument("--batch-size", type=int, default=200, help="rows per batch (200)")
+    relay.add_argument("--poll-interval", type=float, default=1.0, help="seconds (1.0)")
+    relay.add_argument(
+        "--retention", type=float, default=86_400.0, help="seconds sent rows are kept (86400)"
+    )
+    _add_contracts_option(relay)
+    relay.set_defaults(handler=_cmd_outbox_relay)
     return parser
 
 
@@ -240,6 +286,7 @@ def _runner_for(target: object, args: argparse.Namespace) -> ConsumerRunner:
                 shutdown_timeout=target.shutdown_timeout,
             )
             # The service's own cleanups (e.g. closing its producers) still run at the stop.
+            runner.on_startup = list(target.on_startup)  # e.g. an outbox relay's start
             runner.on_shutdown = list(target.on_shutdown)
     else:
         raise ConfigurationError(
@@ -322,6 +369,61 @@ def _cmd_asyncapi(args: argparse.Namespace) -> int:
             out.write(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _cmd_outbox_init(args: argparse.Namespace) -> int:
+    from streamtools.outbox import _outbox, _relay, _schema
+
+    try:
+        sql = _schema.schema_sql(args.schema)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    print(sql, end="")
+    if args.print:
+        return 0
+    dsn = _relay.default_dsn() if args.dsn is None else args.dsn
+
+    async def init() -> None:
+        import psycopg
+
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                await _outbox.init_schema(conn, args.schema)
+        except psycopg.Error as exc:
+            raise ConfigurationError(f"outbox init failed: {exc}".strip()) from exc
+
+    asyncio.run(init())
+    print(f"-- schema {args.schema!r} is ready", file=sys.stderr)
+    return 0
+
+
+def _cmd_outbox_relay(args: argparse.Namespace) -> int:
+    from streamtools.outbox import Relay
+
+    contracts = load_contracts(args.contracts, required=False)
+    relay = Relay(
+        args.transport,
+        dsn=args.dsn,
+        schema=args.schema,
+        contracts=contracts.values(),
+        batch_size=args.batch_size,
+        poll_interval=args.poll_interval,
+        retention=args.retention,
+    )
+
+    async def serve() -> None:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, relay.stop)
+        await relay.run()
+
+    print(f"relaying outbox {args.schema!r} to {args.transport}", file=sys.stderr, flush=True)
+    asyncio.run(serve())
+    stats = relay.stats
+    print(f"published {stats.published}, parked {stats.parked}", file=sys.stderr)
     return 0
 
 
