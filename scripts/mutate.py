@@ -3,6 +3,9 @@
 Run with `make mutate`. For each mutant the file is changed in place, the tests that should
 catch it run, and the file is restored (also on Ctrl-C). A mutant the tests do not catch is
 "survived": the tests have a gap. Exits 1 when any mutant survives or the unmutated tests fail.
+
+`python scripts/mutate.py WORDS...` runs only the mutants whose name contains one of WORDS
+(case-insensitive), and only their tests unmutated first: e.g. `python scripts/mutate.py nack`.
 """
 
 from __future__ import annotations
@@ -161,6 +164,13 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "a nacked RabbitMQ publish is retried on the same channel (issue #20)",
+        "src/streamtools/transports/rabbitmq.py",
+        '                        self._leave(underlay, "a publish was nacked")',
+        "                        pass",
+        ("tests/transports/test_rabbitmq_failover_matrix.py::test_failover_matrix[PL-shared]",),
+    ),
+    Mutant(
         "a subscription the broker cancelled (queue deleted) is not renewed",
         "src/streamtools/transports/rabbitmq.py",
         "            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)",
@@ -179,14 +189,18 @@ def run(tests: tuple[str, ...]) -> bool:
     return done.returncode == 0
 
 
-def main() -> int:
+def main(words: list[str]) -> int:
     started = time.monotonic()
-    every = tuple(dict.fromkeys(t for m in MUTANTS for t in m.tests if t.startswith("tests/")))
+    mutants = [m for m in MUTANTS if not words or any(w.lower() in m.name.lower() for w in words)]
+    if not mutants:
+        print(f"mutate: no mutant's name contains any of {words}", file=sys.stderr)
+        return 1
+    every = tuple(dict.fromkeys(t for m in mutants for t in m.tests if t.startswith("tests/")))
     if not run(every):
         print("mutate: the unmutated tests fail; fix them first", file=sys.stderr)
         return 1
     survived = []
-    for mutant in MUTANTS:
+    for mutant in mutants:
         path = ROOT / mutant.path
         original = path.read_text()
         if original.count(mutant.old) != 1:
@@ -201,10 +215,10 @@ def main() -> int:
         print(f"{'killed  ' if caught else 'SURVIVED'} {mutant.name}")
         if not caught:
             survived.append(mutant)
-    killed = len(MUTANTS) - len(survived)
-    print(f"mutation score: {killed}/{len(MUTANTS)} killed in {time.monotonic() - started:.0f} s")
+    killed = len(mutants) - len(survived)
+    print(f"mutation score: {killed}/{len(mutants)} killed in {time.monotonic() - started:.0f} s")
     return 1 if survived else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -29,7 +29,8 @@ JOIN_TIMEOUT = 60.0
 
 
 class RabbitCluster:
-    """Three clustered private nodes: `start()`, `kill(i)`, `start_node(i)`, `cleanup()`.
+    """Three clustered private nodes: `start()`, `kill(i)`, `freeze(i)`, `start_node(i)`,
+    `cleanup()`.
 
     Blocking methods, bounded; the `a*` twins run them in a thread. Use as a context
     manager, which starts and joins the cluster and always removes every node.
@@ -126,6 +127,25 @@ class RabbitCluster:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def freeze(self, index: int) -> list[int]:
+        """SIGSTOP node `index`'s Erlang VM: its sockets stay open, nothing answers on them.
+
+        A hung node (or a path that silently drops everything) as a client sees it; the
+        other nodes notice only after the distribution tick (60 s), so thaw it before that.
+        Returns the pids for `thaw`.
+        """
+        pids = self.beams(index)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        """SIGCONT what `freeze` stopped."""
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def kill(self, index: int) -> None:
         """SIGKILL node `index`'s beam.smp, then clear what is left of the node.
