@@ -17,7 +17,10 @@ import msgspec
 import psycopg
 import pytest
 
+from streamtools import KAFKA, RMQ, Queue
 from streamtools.outbox import init_schema
+from tests.conftest import unique_name
+from tests.support.queues import delete_queues
 
 PG_DSN = os.environ.get("STREAMTOOLS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -73,6 +76,46 @@ async def db(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A connection for the test's own queries (not autocommit: use transactions)."""
     async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
         yield conn
+
+
+TRANSPORTS = [RMQ, KAFKA]
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def broker(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[str, dict[str, object], dict[str, object]]]:
+    """(transport, producer settings, consumer settings) on a real broker."""
+    name: str = request.param
+    if name == RMQ:
+        url: str = request.getfixturevalue("rabbitmq_url")
+        yield name, {"url": url}, {"url": url, "prefetch": 1}  # one at a time: broker order
+    else:
+        servers: str = request.getfixturevalue("kafka_bootstrap")
+        yield (
+            name,
+            {"bootstrap_servers": servers},
+            {
+                "bootstrap_servers": servers,
+                "session_timeout": 6,
+                "shutdown_timeout": 10,
+            },
+        )
+
+
+@pytest.fixture
+async def queue(
+    request: pytest.FixtureRequest, broker: tuple[str, dict[str, object], dict[str, object]]
+) -> AsyncIterator[Queue[Order]]:
+    q = Queue(unique_name("st-outbox"), Order)
+    yield q
+    transport, producer_settings, _ = broker
+    if transport == RMQ:
+        await delete_queues(str(producer_settings["url"]), [q.name])
+    else:
+        from tests.transports.test_kafka import delete_topics
+
+        await delete_topics(str(producer_settings["bootstrap_servers"]), [q.name])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

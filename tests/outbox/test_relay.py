@@ -9,53 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
-import pytest
 
-from streamtools import KAFKA, MEMORY, RMQ, ConsumerRunner, Queue
+from streamtools import KAFKA, MEMORY, ConsumerRunner, Queue
 from streamtools.outbox import Outbox, Relay
 from tests.conftest import unique_name
 from tests.outbox.conftest import Order, record
 from tests.outbox.support import WAIT, Sink, outbox_states, write_orders
-from tests.support.queues import delete_queues
-
-TRANSPORTS = [RMQ, KAFKA]
-
-
-@pytest.fixture(params=TRANSPORTS)
-async def broker(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[str, dict[str, object], dict[str, object]]]:
-    """(transport, producer settings, consumer settings) on a real broker."""
-    name: str = request.param
-    if name == RMQ:
-        url: str = request.getfixturevalue("rabbitmq_url")
-        yield name, {"url": url}, {"url": url, "prefetch": 1}  # one at a time: broker order
-    else:
-        servers: str = request.getfixturevalue("kafka_bootstrap")
-        yield (
-            name,
-            {"bootstrap_servers": servers},
-            {
-                "bootstrap_servers": servers,
-                "session_timeout": 6,
-                "shutdown_timeout": 10,
-            },
-        )
-
-
-@pytest.fixture
-async def queue(
-    request: pytest.FixtureRequest, broker: tuple[str, dict[str, object], dict[str, object]]
-) -> AsyncIterator[Queue[Order]]:
-    q = Queue(unique_name("st-outbox"), Order)
-    yield q
-    transport, producer_settings, _ = broker
-    if transport == RMQ:
-        await delete_queues(str(producer_settings["url"]), [q.name])
-    else:
-        from tests.transports.test_kafka import delete_topics
-
-        await delete_topics(str(producer_settings["bootstrap_servers"]), [q.name])
 
 
 def relay_for(
