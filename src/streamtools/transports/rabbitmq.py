@@ -611,6 +611,7 @@ class _Link:
             if underlay is not None and not underlay.is_closed:
                 return underlay
             amqp = await connection.usable()
+            url = connection.url  # the address it is on (moved on once it is closed)
             try:
                 async with asyncio.timeout(self.settings.connect_timeout):
                     underlay = await amqp.channel(publisher_confirms=True, on_return_raises=True)
@@ -618,14 +619,14 @@ class _Link:
                 logger.warning(
                     "%s: no channel from RabbitMQ at %s within %s s; leaving that connection",
                     self.role,
-                    redact(connection.url),
+                    redact(url),
                     self.settings.connect_timeout,
                 )
                 await asyncio.shield(
                     self._later(amqp.close(ConnectionError("no answer to Channel.Open")))
                 )
                 raise ConnectionError(
-                    f"no answer to Channel.Open from {connection.url.host}:{connection.url.port}"
+                    f"no answer to Channel.Open from {url.host}:{url.port}"
                 ) from None
             self._underlay = underlay
             return underlay
