@@ -8,14 +8,19 @@ sends. Every wait is bounded by WAIT; no pass/fail threshold is a timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
+import socket
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import pytest
+import trustme
 
 from streamtools import Queue
 from streamtools.transports.http import HTTPConsumer
@@ -553,3 +558,207 @@ async def test_a_get_query_nested_too_deep_is_a_clean_400() -> None:
         assert seen == [Tree([1])]
     finally:
         await consumer.close()
+
+
+# -- item 7: close() under a keep-alive load -------------------------------------------------------
+
+
+CLIENTS = 200
+SEEN_CLOSED = 3.0  # after close() returns, each client's pending read ends within this: no hang
+YIELDS = 6
+
+
+@dataclass(eq=False)
+class KeepAliveClient:
+    """One keep-alive client of the load: its requests (by message number) and what it saw."""
+
+    sent: list[int] = field(default_factory=list)
+    answered: dict[int, int] = field(default_factory=dict)  # message number -> status
+    connections: int = 0
+    ended: float | None = None  # loop time it saw its last connection end (EOF, reset, refused)
+
+
+async def keep_alive_client(
+    port: int, path: str, number: int, client: KeepAliveClient, returned: asyncio.Event
+) -> None:
+    """Requests one after another on a keep-alive connection, as aiohttp's client sends
+    them: a new connection when the server ends one (after `Connection: close`, EOF or a
+    reset), until a connection is refused or close() returned; then the last pending read
+    (an answer, then EOF) ends the client."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionError:  # refused: the server stopped listening
+            break
+        client.connections += 1
+        try:
+            while not returned.is_set():
+                n = number * 1_000_000 + len(client.sent)
+                writer.write(request(b'{"n": %d}' % n, path=path))
+                client.sent.append(n)
+                try:
+                    status, headers, _ = await read_answer(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                client.answered[n] = status
+                if headers.get("connection") == "close":
+                    break
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):  # nothing else may come; then EOF
+                    pass
+        finally:
+            writer.close()
+        if returned.is_set():
+            break
+    client.ended = loop.time()
+
+
+async def test_close_under_a_keep_alive_load_closes_every_connection_at_once(
+    make: Callable[..., HTTPConsumer[Note]],
+) -> None:
+    """200 keep-alive clients send requests one after another (each reconnecting when the
+    server ends its connection) while close() runs: after it returns, no client waits on an
+    open connection (each sees its answer, then EOF, a reset or a refusal, within
+    SEEN_CLOSED), and every request the handler saw was answered (the ones cut without an
+    answer were never handled)."""
+    consumer = make(shutdown_timeout=WAIT)
+    handled: set[int] = set()
+    running = asyncio.Event()  # the load runs: 4 requests a client handled
+    loop = asyncio.get_running_loop()
+
+    @consumer()
+    async def handle(note: Note) -> None:
+        handled.add(note.n)
+        if len(handled) >= 4 * CLIENTS:
+            running.set()
+        # One in 20 slower: close() drains them while the other clients, answered 503 with
+        # `Connection: close`, connect again and again.
+        await asyncio.sleep(0.05 if len(handled) % 20 == 0 else 0.005)
+
+    await consumer.start()
+    path = "/" + consumer.queue.name
+    clients = [KeepAliveClient() for _ in range(CLIENTS)]
+    returned = asyncio.Event()
+    tasks = []
+    try:
+        async with asyncio.timeout(WAIT):
+            for number, client in enumerate(clients):  # one by one: a storm of connects
+                # overflows the listen backlog (refused)
+                tasks.append(
+                    asyncio.create_task(
+                        keep_alive_client(consumer.port, path, number, client, returned)
+                    )
+                )
+                await asyncio.sleep(0.001)
+            await running.wait()
+            started = loop.time()
+            await consumer.close()
+            closed = loop.time()
+            returned.set()
+        done, hung = await asyncio.wait(tasks, timeout=SEEN_CLOSED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    answered_ok = {n for c in clients for n, status in c.answered.items() if status == 204}
+    cut = [n for c in clients for n in c.sent if n not in c.answered]
+    seen = [c.ended - started for c in clients if c.ended is not None]
+    figures = {
+        "close() took": round(closed - started, 3),
+        "hung": len(hung),
+        "cut": len(cut),
+        "handled, unanswered": len(handled - answered_ok),
+        "answered 503": sum(s == 503 for c in clients for s in c.answered.values()),
+        "connections": sum(c.connections for c in clients),
+        "last end seen, s after close() started": round(max(seen, default=0.0), 3),
+    }
+    print(figures)
+    for task in done:
+        task.result()  # no client failed otherwise
+    assert not hung, figures
+    assert handled == answered_ok, figures  # nothing handled without its answer
+    assert all(status in (204, 503) for c in clients for status in c.answered.values())
+
+
+async def test_a_client_connecting_as_close_begins_sees_its_connection_end_at_once(
+    make: Callable[..., HTTPConsumer[Note]],
+) -> None:
+    """Clients that connect, and send a request, in the last loop iterations before close():
+    each gets an answer or sees its connection end, at once. (asyncio makes an accepted
+    connection's transport one iteration after accept(); the listening socket closed in
+    between used to leave the accepted socket open and unread: CPython gh-109564.)"""
+    consumer = make()
+    handled: list[int] = []
+
+    @consumer()
+    async def handle(note: Note) -> None:
+        handled.append(note.n)
+
+    await consumer.start()
+    path = "/" + consumer.queue.name
+    sockets = []
+    try:
+        for n in range(YIELDS):  # one connection per loop iteration before close()
+            sock = socket.create_connection(("127.0.0.1", consumer.port), timeout=WAIT)
+            sock.sendall(request(b'{"n": %d}' % n, path=path))
+            sockets.append(sock)
+            await asyncio.sleep(0)
+        await consumer.close()
+        ends: list[bytes | str] = []
+        for sock in sockets:
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            try:
+                async with asyncio.timeout(SEEN_CLOSED):  # the bound of "no hang"
+                    ends.append(await reader.read())  # the answer, if any, then EOF
+            except TimeoutError:
+                ends.append("hung")
+            except ConnectionError as exc:
+                ends.append(type(exc).__name__)
+            finally:
+                writer.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert "hung" not in ends, ends
+    for n, end in enumerate(ends):
+        assert isinstance(end, str) or end == b"" or end.startswith(b"HTTP/1.1 "), ends
+        if n in handled:  # handled: answered
+            assert isinstance(end, bytes), ends
+            assert end.startswith(b"HTTP/1.1 204 "), ends
+
+
+async def test_a_tls_handshake_ending_after_close_sees_its_connection_end_at_once(
+    make: Callable[..., HTTPConsumer[Note]],
+) -> None:
+    """A TLS connection accepted before close() whose handshake ends after it: closed at
+    once (not left to the header timeout)."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    consumer = make(ssl=server_ctx)
+
+    @consumer()
+    async def handle(note: Note) -> None:
+        return None
+
+    await consumer.start()
+    sock = socket.create_connection(("127.0.0.1", consumer.port), timeout=WAIT)
+    try:
+        await asyncio.sleep(0.05)  # accepted meanwhile (else the handshake below fails)
+        await consumer.close()
+        sock.setblocking(False)
+        async with asyncio.timeout(WAIT):
+            reader, writer = await asyncio.open_connection(
+                sock=sock, ssl=client_ctx, server_hostname="127.0.0.1"
+            )
+        try:
+            async with asyncio.timeout(SEEN_CLOSED):  # the bound of "no hang"
+                assert await reader.read() == b""
+        finally:
+            writer.close()
+    finally:
+        sock.close()

@@ -9,8 +9,9 @@ hostile or broken client could otherwise hold the server:
 - a request aiohttp's parser refuses (a header over 8190 bytes, more than 128 headers,
   Content-Length with Transfer-Encoding, ...) is answered with streamtools' JSON error body,
   not aiohttp's text, and logged at debug level: a client cannot flood the log with them;
-- at a stop, an idle connection closes at once and a busy one after the answers to every
-  request it has read (pipelined ones too): no request read before the stop is cut.
+- at a stop, an idle connection closes at once (one whose TLS handshake ends after the stop
+  too) and a busy one after the answers to every request it has read (pipelined ones too): no
+  request read before the stop is cut.
 
 `ConnectionServer` is aiohttp's low-level `web.Server` making `Connection`s: it refuses
 connections past `max_connections` with a 503 (the descriptor is closed at once), and its
@@ -105,6 +106,8 @@ class Connection(web_protocol.RequestHandler):
         self._owner._pending.discard(self)
         super().connection_made(transport)
         self._arm()  # the first request's headers are due within the header timeout
+        if self._owner.stopping:  # connected after the stop (a TLS handshake ended late)
+            self.stop()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
@@ -250,6 +253,7 @@ class ConnectionServer(web.Server):
         # handshake fails is forgotten.
         self._pending: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._refusal = raw_answer(_overloaded(limits.max_connections))
+        self.stopping = False  # set at pre_shutdown
 
     def __call__(self) -> Any:  # asyncio's protocol factory; a Connection or a refusal
         if len(self._connections) + len(self._pending) >= self.limits.max_connections:
@@ -259,6 +263,7 @@ class ConnectionServer(web.Server):
         return connection
 
     def pre_shutdown(self) -> None:
+        self.stopping = True
         for connection in list(self._connections):
             if isinstance(connection, Connection):
                 connection.stop()
