@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -16,6 +17,17 @@ from urllib.parse import urlsplit
 import pytest
 
 RMQ_URL = os.environ.get("RMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+_RECURSION_LIMIT = sys.getrecursionlimit()
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_recursion_limit() -> Iterator[None]:
+    """Every test sees the interpreter's own recursion limit: an in-process mypy run (the
+    README snippets) raises it for good, and the deep-nesting tests depend on it."""
+    sys.setrecursionlimit(_RECURSION_LIMIT)
+    yield
+    sys.setrecursionlimit(_RECURSION_LIMIT)
 
 
 def _amqp_answers(url: str) -> bool:
