@@ -100,6 +100,19 @@ def _generated(name: str, schema: dict[str, Any]) -> type[Any]:
         sys.path.remove(str(root))
 
 
+def _loop(ops: int, call: Callable[[], object]) -> Workload:
+    """`ops` calls of `call`, timed."""
+
+    async def body_() -> None:
+        for _ in range(ops):
+            call()
+
+    async def run() -> tuple[int, float]:
+        return await time_ops(ops, body_)
+
+    return run
+
+
 def validator_cases(ops: int) -> list[Case]:
     """Decoding a contract that needs the validator against the same message's msgspec-only
     decode: a rule on a field (checked field by field) and a rule on the whole object."""
@@ -120,15 +133,7 @@ def validator_cases(ops: int) -> list[Case]:
     body = msgspec.json.encode(_SHIPMENT)
     exact_codec = codec_for(exact)
 
-    def loop(call: Callable[[], object]) -> Workload:
-        async def body_() -> None:
-            for _ in range(ops):
-                call()
-
-        async def run() -> tuple[int, float]:
-            return await time_ops(ops, body_)
-
-        return run
+    loop = functools.partial(_loop, ops)
 
     cases_: list[Case] = []
     for label, struct in (("a field rule (uniqueItems)", by_field), ("an object rule", whole)):
@@ -158,15 +163,7 @@ def cases(ops: int) -> list[Case]:
     model = _pydantic_model()
     instance = model.model_validate_json(body)
 
-    def loop(call: Callable[[], object]) -> Workload:
-        async def body_() -> None:
-            for _ in range(ops):
-                call()
-
-        async def run() -> tuple[int, float]:
-            return await time_ops(ops, body_)
-
-        return run
+    loop = functools.partial(_loop, ops)
 
     def st_encode() -> None:
         codec.encode(order, validate=False)

@@ -24,6 +24,7 @@ import msgspec.inspect as mi
 from streamtools._schema import SchemaCheck, schema_check
 from streamtools._types import T
 from streamtools.errors import (
+    CodecError,
     DecodeError,
     EncodeError,
     OutsideHandlerError,
@@ -294,18 +295,26 @@ class Codec(Generic[T]):
             return self._decode_checked(data, self._schema)
         try:
             return self._decoder.decode(data)
-        except msgspec.ValidationError as exc:
-            raise ValidationError(
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            raise self._refusal(exc)  # noqa: B904  (its cause is set by _refusal)
+
+    def _refusal(self, exc: Exception) -> CodecError:
+        """The streamtools error for what msgspec raised while decoding a body."""
+        if isinstance(exc, msgspec.ValidationError):
+            refusal: CodecError = ValidationError(
                 f"{self.type_name} message does not match its schema: {error_text(exc)}",
                 path=error_path(exc),
-            ) from exc
-        except msgspec.DecodeError as exc:
-            raise DecodeError(f"malformed {self.content_type} body: {exc}") from exc
-        except RecursionError:
+            )
+            refusal.__cause__ = exc
+            return refusal
+        if isinstance(exc, RecursionError):
             # Nesting deeper than the interpreter's recursion limit: refused, never retried.
-            raise DecodeError(
-                f"malformed {self.content_type} body: nested too deeply to decode"
-            ) from None
+            deep = DecodeError(f"malformed {self.content_type} body: nested too deeply to decode")
+            deep.__suppress_context__ = True
+            return deep
+        malformed = DecodeError(f"malformed {self.content_type} body: {exc}")
+        malformed.__cause__ = exc
+        return malformed
 
     def _decode_checked(self, data: bytes | bytearray | memoryview, schema: SchemaCheck) -> T:
         """The whole-message validator's path: msgspec's typed decode first (it enforces what
@@ -314,17 +323,8 @@ class Codec(Generic[T]):
         try:
             msg = self._decoder.decode(data)
             document = self._any_decode(data)
-        except msgspec.ValidationError as exc:
-            raise ValidationError(
-                f"{self.type_name} message does not match its schema: {error_text(exc)}",
-                path=error_path(exc),
-            ) from exc
-        except msgspec.DecodeError as exc:
-            raise DecodeError(f"malformed {self.content_type} body: {exc}") from exc
-        except RecursionError:
-            raise DecodeError(
-                f"malformed {self.content_type} body: nested too deeply to decode"
-            ) from None
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            raise self._refusal(exc)  # noqa: B904  (its cause is set by _refusal)
         if schema.is_valid(document):
             return msg
         message, path = schema.explain(document)

@@ -355,19 +355,7 @@ def _documents(
     read them; each of `uris` is compiled here, so that a schema it refuses fails codegen."""
     import jsonschema_rs
 
-    needed: dict[str, Document] = {}
-    pending = [folder.by_uri[uri.split("#")[0]] for uri in uris]
-    while pending:
-        current = pending.pop()
-        if current.uri in needed:
-            continue
-        needed[current.uri] = current
-        for loc in walk(current.root):
-            ref = loc.node.get("$ref") if isinstance(loc.node, dict) else None
-            if isinstance(ref, str):
-                target = folder.resolve(loc, ref)
-                if not isinstance(target, str):
-                    pending.append(target.doc)
+    needed = _reachable(folder, [folder.by_uri[uri.split("#")[0]] for uri in uris])
     documents = {uri: _for_validator(needed[uri]) for uri in sorted(needed)}
     try:
         registry = jsonschema_rs.Registry(list(documents.items()))
