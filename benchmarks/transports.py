@@ -35,6 +35,12 @@ def builders(quick: bool) -> list[Callable[[], list[Case]]]:
         from benchmarks import telemetry
 
         found.append(lambda: telemetry.cases(5_000 * scale))
+    if importlib.util.find_spec("psycopg") is not None:
+        from benchmarks import outbox
+
+        found.append(lambda: outbox.cases(scale))
+    else:
+        print("(outbox cases skipped: install streamtools[postgres])")
     memory = tuple(
         transport
         for transport in rss.TRANSPORTS
