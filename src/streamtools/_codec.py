@@ -250,7 +250,8 @@ class Codec(Generic[T]):
             )
         # Decided once per type: whether `encode(validate=True)` needs its second pass.
         self._checked = self.type_name != "json" and has_constraints(message_type, content_type)
-        # A contract msgspec cannot check alone (codegen decided): the validator checks it all.
+        # A contract with a rule on the whole message (codegen decided): the validator checks
+        # what msgspec cannot, after its typed decode.
         self._schema: SchemaCheck | None = schema_check(message_type)
 
     def encode(self, msg: T, *, validate: bool = True) -> bytes:
