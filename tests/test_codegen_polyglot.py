@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -30,15 +29,19 @@ from streamtools.codegen._patterns import to_python
 POLYGLOT = Path(__file__).parent / "contracts" / "polyglot"
 
 
-@pytest.fixture(scope="module")
-def poly(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    root = tmp_path_factory.mktemp("poly")
-    generate(POLYGLOT, root / "polyglot_contracts")
+def _package(schemas: Path, root: Path, name: str) -> ModuleType:
+    """Generate `schemas` into the package `name` under `root` and import it."""
+    generate(schemas, root / name)
     sys.path.insert(0, str(root))
     try:
-        yield importlib.import_module("polyglot_contracts")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(root))
+
+
+@pytest.fixture(scope="module")
+def poly(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    return _package(POLYGLOT, tmp_path_factory.mktemp("poly"), "polyglot_contracts")
 
 
 def _order(**overrides: Any) -> dict[str, Any]:
@@ -259,12 +262,7 @@ def test_a_field_check_deep_inside_names_the_whole_path(tmp_path: Path) -> None:
             }
         )
     )
-    generate(schemas, tmp_path / "batch_contracts")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        batch = importlib.import_module("batch_contracts")
-    finally:
-        sys.path.remove(str(tmp_path))
+    batch = _package(schemas, tmp_path, "batch_contracts")
     assert schema_check(batch.Batch) is None  # checked field by field, not as a whole
     codec: Codec[Any] = Codec(batch.Batch)
     ok = codec.decode(b'{"rows": [{"rowTags": [1, 2], "odd": 1.5}]}')
@@ -352,12 +350,7 @@ def test_a_root_ref_or_allof_is_a_message(tmp_path: Path) -> None:
             }
         )
     )
-    generate(schemas, tmp_path / "roots")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        roots = importlib.import_module("roots")
-    finally:
-        sys.path.remove(str(tmp_path))
+    roots = _package(schemas, tmp_path, "roots")
     assert roots.PINGS.message_type is roots.Ping  # the file name names a titleless message
     signed = Codec(roots.UserSignedUp).decode(b'{"eventId": "e1", "userId": 7}')
     assert (signed.event_id, signed.user_id) == ("e1", 7)
@@ -385,7 +378,7 @@ def test_a_whole_message_rule_leaves_what_msgspec_enforces_out_of_the_validator(
             }
         )
     )
-    generate(schemas, tmp_path / "readings")
+    reading = _package(schemas, tmp_path, "readings").Reading
     source = (tmp_path / "readings" / "reading.py").read_text()
     line = next(line for line in source.splitlines() if line.startswith("_WHOLE = "))
     call = ast.parse(line).body[0].value  # type: ignore[attr-defined]
@@ -394,11 +387,6 @@ def test_a_whole_message_rule_leaves_what_msgspec_enforces_out_of_the_validator(
     # msgspec enforces these exactly (`unit` through the Struct's own field check): left out
     assert props == {"sensorId": True, "value": True, "unit": True}
     assert whole["file:///schemas/reading.json"]["propertyNames"] == {"pattern": "^[a-z][A-Za-z]*$"}
-    sys.path.insert(0, str(tmp_path))
-    try:
-        reading = importlib.import_module("readings").Reading
-    finally:
-        sys.path.remove(str(tmp_path))
     codec: Codec[Any] = Codec(reading)
     assert codec.decode(b'{"sensorId": "abc", "value": 3, "unit": "C"}').value == 3
     for body, path in [
