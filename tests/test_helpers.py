@@ -316,7 +316,7 @@ async def test_runner_serves_healthz_itself_when_no_consumer_serves_a_port() -> 
         "consumers": [
             {
                 "queue": consumer.queue.name,
-                "transport": MEMORY,
+                "transport": "streamtools.memory",
                 "connected": True,
                 "consuming": True,
                 "in_flight": 0,

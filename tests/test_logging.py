@@ -68,7 +68,7 @@ def test_json_log_lines_name_the_queue_message_and_transport() -> None:
     [dead] = [line for line in lines if "dead-lettered" in line["message"]]
     assert dead["level"] == "ERROR"
     assert dead["queue"] == "st-logq"
-    assert dead["transport"] == "MemoryHandler"
+    assert dead["transport"] == "streamtools.memory"
     assert len(dead["message_id"]) == 32
     assert "the handler fails" in dead["message"]
     assert '"a"' not in json.dumps(dead)  # the body is never logged

@@ -4,6 +4,7 @@ from streamtools._base import Capabilities, Consumer, Producer, Route
 from streamtools._codec import Metadata, current_metadata
 from streamtools._contracts import register_contracts, registered_contracts
 from streamtools._helpers import ConsumerFactory, ConsumerRunner, HandleMsgs, HandlerFactory
+from streamtools._public import report_as as _report_as
 from streamtools._registry import (
     CONSUMER_LOOPS,
     CONSUMERS,
@@ -15,13 +16,13 @@ from streamtools._registry import (
     ConsumerClass,
     ProducerClass,
     Registry,
-    UnknownTransportError,
 )
 from streamtools._schema import enforce_schema, field_check, schema_registry
 from streamtools._telemetry import configure_tracing, enable_metrics
 from streamtools._types import Handler, Queue
 from streamtools.errors import (
     CodecError,
+    CodegenError,
     ConfigurationError,
     ConnectError,
     DecodeError,
@@ -30,9 +31,11 @@ from streamtools.errors import (
     HandlerError,
     OutsideHandlerError,
     PublishError,
+    QueueNameError,
     ReplyTimeoutError,
     StreamtoolsError,
     UnknownQueueError,
+    UnknownTransportError,
     UnsupportedError,
     ValidationError,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "RMQ",
     "Capabilities",
     "CodecError",
+    "CodegenError",
     "ConfigurationError",
     "ConnectError",
     "Consumer",
@@ -66,6 +70,7 @@ __all__ = [
     "ProducerClass",
     "PublishError",
     "Queue",
+    "QueueNameError",
     "Registry",
     "ReplyTimeoutError",
     "Route",
@@ -83,3 +88,6 @@ __all__ = [
     "registered_contracts",
     "schema_registry",
 ]
+
+
+_report_as(__name__, (globals()[name] for name in __all__))

@@ -360,7 +360,7 @@ class Consumer(_Endpoint, Generic[T]):
         """This consumer's state for health checks: queue, transport, connected, consuming."""
         return {
             "queue": self.queue.name,
-            "transport": self.transport,
+            "transport": self.messaging_system,
             "connected": self.connected,
             "consuming": self.serving,
             "in_flight": self._inflight,

@@ -382,7 +382,7 @@ class QueuedConsumer(Consumer[T]):
             "queue": self.queue.name,
             "message_id": meta.id,
             "attempt": meta.attempt,
-            "transport": self.transport,
+            "transport": self.messaging_system,
         }
         trace_id = _telemetry.current_trace_id()
         if trace_id is not None:

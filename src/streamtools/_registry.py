@@ -12,7 +12,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 from streamtools._base import Consumer, Producer
 from streamtools._types import Queue, T
-from streamtools.errors import ConfigurationError
+from streamtools.errors import ConfigurationError, UnknownTransportError
 
 HTTP: Final = "HTTPHandler"
 RMQ: Final = "RMQIOHandler"
@@ -44,13 +44,6 @@ class ConsumerClass(Protocol):
     ) -> Consumer[T]: ...
     @overload
     def __call__(self, queue: str, /, **settings: object) -> Consumer[Any]: ...
-
-
-class UnknownTransportError(ConfigurationError, KeyError):
-    """A registry lookup named no registered transport."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 C = TypeVar("C", ProducerClass, ConsumerClass)

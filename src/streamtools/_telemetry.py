@@ -18,6 +18,9 @@ only once an SDK is configured (`opentelemetry.trace.set_tracer_provider`, or
                                           dead_lettered, invalid, failed)
     streamtools_process_duration_seconds{transport,queue}          (decode to settle)
     streamtools_messages_in_flight{transport,queue}
+
+The `transport` label is the endpoint's `messaging.system` (rabbitmq, kafka, streamtools.http,
+streamtools.memory), as on the spans and in the log records: one name per transport.
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ def metrics_answer() -> tuple[bytes, str]:
 def in_flight(consumer: Consumer[Any], change: int) -> None:
     metrics = _metrics
     if metrics is not None:
-        metrics.of(consumer.transport, consumer.queue.name).in_flight.inc(change)
+        metrics.of(consumer.messaging_system, consumer.queue.name).in_flight.inc(change)
 
 
 # --- the two places everything is emitted ----------------------------------------------------
@@ -238,7 +241,7 @@ def sending(
             ]
     metrics = _metrics
     if metrics is not None:
-        children = metrics.of(producer.transport, producer.queue.name)
+        children = metrics.of(producer.messaging_system, producer.queue.name)
         children.sent.inc(len(metas))
         children.send_duration.observe(time.perf_counter() - started)
 
@@ -303,7 +306,7 @@ def processing(
                     span.set_status(_trace.Status(_trace.StatusCode.ERROR, str(observed.error)))
     metrics = _metrics
     if metrics is not None:
-        children = metrics.of(consumer.transport, consumer.queue.name)
+        children = metrics.of(consumer.messaging_system, consumer.queue.name)
         children.processed[observed.outcome].inc()
         children.process_duration.observe(time.perf_counter() - started)
 

@@ -10,7 +10,7 @@ from typing import Any, Final, Generic
 import msgspec
 from typing_extensions import TypeVar
 
-from streamtools.errors import ConfigurationError
+from streamtools.errors import QueueNameError
 
 # A message type: a msgspec Struct for typed contracts, Any for raw JSON. The
 # default lets `Producer("name")` be a `Producer[Any]` without annotations.
@@ -22,10 +22,6 @@ QUEUE_NAME_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9._-]*$"
 RabbitMQ queue names, Kafka topic names and HTTP paths all take it unescaped)."""
 MAX_QUEUE_NAME: Final = 200
 _QUEUE_NAME_RE: Final = re.compile(QUEUE_NAME_PATTERN)
-
-
-class QueueNameError(ConfigurationError, ValueError):
-    """A queue name breaks the rule (a ConfigurationError, and a ValueError as before)."""
 
 
 def check_queue_name(name: object) -> str:

@@ -62,8 +62,8 @@ from streamtools.codegen._load import (
 )
 from streamtools.codegen._model import ANNOTATIONS, TYPED_FORMATS, Translator
 from streamtools.codegen._naming import message_names
-from streamtools.codegen._problems import CodegenError, Problems
-from streamtools.errors import ConfigurationError
+from streamtools.codegen._problems import Problems
+from streamtools.errors import CodegenError, ConfigurationError
 
 __all__ = ["Break", "add_arguments", "compare", "compare_dirs", "main", "run"]
 

@@ -2,27 +2,39 @@
 
     StreamtoolsError
     ├── ConfigurationError        a setting, option, registry name or topology is wrong
-    │   └── UnknownQueueError     a HandlerFactory has no such queue (also a KeyError)
+    │   ├── UnknownQueueError     a HandlerFactory has no such queue (also a KeyError)
+    │   ├── UnknownTransportError a registry has no such transport name (also a KeyError)
+    │   ├── QueueNameError        a queue name breaks the naming rule (also a ValueError)
+    │   └── CodegenError          a JSON Schema cannot be turned into code
     ├── ConnectError              the transport could not connect, or lost its connection
     ├── PublishError              a message was not accepted by the broker or server
     │   ├── DeliveryError         the receiver answered with an error status (HTTP)
     │   └── ReplyTimeoutError     no reply to a request in time
     ├── CodecError                a message could not be encoded or decoded
     │   ├── EncodeError           the message could not be serialised
-    │   ├── DecodeError           the bytes are not valid for the content type (malformed)
-    │   └── ValidationError       the bytes or the Struct break the message's schema
+    │   └── DecodeError           the bytes are not a valid message (malformed or invalid)
+    │       └── ValidationError   well-formed, but the bytes or the Struct break the schema
     ├── HandlerError              a handler raised (wraps the original as __cause__)
     ├── OutsideHandlerError       current_metadata() outside a handler (also a LookupError)
     └── UnsupportedError          the transport does not offer this operation
 
 Lower-layer errors (aiohttp, aio-pika, msgspec) are mapped at one place per module and
 chained with ``raise ... from exc``; they never reach the user unwrapped.
+
+`ValidationError` is a `DecodeError`, as msgspec's are (`msgspec.ValidationError` subclasses
+`msgspec.DecodeError`): ``except DecodeError`` means the same in both libraries, every message
+that could not be taken in; catch `ValidationError` first to tell a schema violation from a
+malformed body. A Struct that breaks its schema at the sender raises `ValidationError` too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 __all__ = [
     "CodecError",
+    "CodegenError",
     "ConfigurationError",
     "ConnectError",
     "DecodeError",
@@ -31,9 +43,11 @@ __all__ = [
     "HandlerError",
     "OutsideHandlerError",
     "PublishError",
+    "QueueNameError",
     "ReplyTimeoutError",
     "StreamtoolsError",
     "UnknownQueueError",
+    "UnknownTransportError",
     "UnsupportedError",
     "ValidationError",
 ]
@@ -52,6 +66,40 @@ class UnknownQueueError(ConfigurationError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownTransportError(ConfigurationError, KeyError):
+    """A registry lookup (`PRODUCERS[...]`, `CONSUMER_LOOPS[...]`) named no registered transport."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class QueueNameError(ConfigurationError, ValueError):
+    """A queue name breaks the rule (a ConfigurationError, and a ValueError as before)."""
+
+
+class CodegenError(ConfigurationError):
+    """A schema cannot be turned into code; the message names the file and what to change.
+
+    `path` is the offending schema file (or the directory), as given on the command line;
+    `errors` is every problem of the run, one line each (just this one when there is one).
+    """
+
+    def __init__(self, path: Path | str, what: str, todo: str) -> None:
+        super().__init__(f"{Path(path).as_posix()}: {what} — {todo}")
+        self.path = Path(path)
+        self.errors: list[CodegenError] = [self]
+
+    @classmethod
+    def collect(cls, errors: Sequence[CodegenError]) -> CodegenError:
+        """One error for all of `errors`: their lines, the first one's path."""
+        if len(errors) == 1:
+            return errors[0]
+        combined = cls(errors[0].path, "", "")
+        combined.args = ("\n".join(str(error) for error in errors),)
+        combined.errors = list(errors)
+        return combined
 
 
 class ConnectError(StreamtoolsError):
@@ -87,11 +135,12 @@ class EncodeError(CodecError):
 
 
 class DecodeError(CodecError):
-    """The bytes are not well-formed for their content type."""
+    """The bytes are not a valid message: not well-formed for their content type (this class
+    itself) or breaking the schema (the subclass `ValidationError`)."""
 
 
-class ValidationError(CodecError):
-    """The message does not satisfy its schema.
+class ValidationError(DecodeError):
+    """The message does not satisfy its schema (a `DecodeError`, as msgspec's is).
 
     `path` is the failing field as msgspec reports it (`$.items[0].qty`), or "" if unknown.
     """

@@ -836,7 +836,7 @@ async def test_metrics_on_the_runner_count_sends_and_outcomes(harness: Harness) 
     finally:
         runner.stop()
         await serving
-    labels = {"queue": queue.name, "transport": consumer.transport}
+    labels = {"queue": queue.name, "transport": consumer.messaging_system}
     processed = "streamtools_messages_processed"
     accepted = sent if harness.capabilities.queued else sent - poison
     assert value(families, "streamtools_messages_sent", **labels) == accepted
@@ -892,7 +892,7 @@ async def test_hostile_bodies_are_refused_and_the_consumer_goes_on(harness: Harn
     assert got.seqs == set(range(len(HOSTILE_BODIES)))
     invalid = registry.get_sample_value(
         "streamtools_messages_processed_total",
-        {"transport": consumer.transport, "queue": queue.name, "outcome": "invalid"},
+        {"transport": consumer.messaging_system, "queue": queue.name, "outcome": "invalid"},
     )
     assert invalid == len(HOSTILE_BODIES)
 

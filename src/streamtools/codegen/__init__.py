@@ -38,9 +38,10 @@ from streamtools._types import check_queue_name
 from streamtools.codegen import _naming
 from streamtools.codegen._load import Document, Folder, Loc, load_folder, walk
 from streamtools.codegen._model import KNOWN, TYPED_FORMATS, StructDef, Translator
-from streamtools.codegen._problems import CodegenError, Problems
+from streamtools.codegen._problems import Problems
 from streamtools.codegen._render import Message, init_source, module_source
 from streamtools.codegen._write import check_tree, write_tree
+from streamtools.errors import CodegenError
 
 __all__ = [
     "CodegenError",

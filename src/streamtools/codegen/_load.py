@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urldefrag, urljoin
 
-from streamtools.codegen._problems import CodegenError, Problems
+from streamtools.codegen._problems import Problems
+from streamtools.errors import CodegenError
 
 ROOT = "file:///schemas/"
 

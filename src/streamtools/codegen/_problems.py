@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from streamtools.errors import ConfigurationError
-
-
-class CodegenError(ConfigurationError):
-    """A schema cannot be turned into code; the message names the file and what to change.
-
-    `path` is the offending schema file (or the directory), as given on the command line.
-    """
-
-    def __init__(self, path: Path | str, what: str, todo: str) -> None:
-        super().__init__(f"{Path(path).as_posix()}: {what} — {todo}")
-        self.path = Path(path)
-        self.errors: list[CodegenError] = [self]
-        """Every problem of the run, one line each (just this one when there is one)."""
-
-    @classmethod
-    def collect(cls, errors: Sequence[CodegenError]) -> CodegenError:
-        """One error for all of `errors`: their lines, the first one's path."""
-        if len(errors) == 1:
-            return errors[0]
-        combined = cls(errors[0].path, "", "")
-        combined.args = ("\n".join(str(error) for error in errors),)
-        combined.errors = list(errors)
-        return combined
+from streamtools.errors import CodegenError
 
 
 class Problems:
