@@ -92,6 +92,24 @@ async def get_one(
             await asyncio.sleep(0.02)
 
 
+async def wait_until_declared(url: str, name: str) -> None:
+    """Wait for queue `name` to exist (a passive declare on a fresh connection each time:
+    a refused one closes its channel)."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                connection = await aio_pika.connect(url)
+                try:
+                    await (await connection.channel()).declare_queue(name, passive=True)
+                    return
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    await asyncio.sleep(0.05)
+                finally:
+                    await connection.close()
+    except TimeoutError:
+        pytest.fail(f"timed out after {WAIT} s waiting for queue {name!r} to be declared")
+
+
 async def depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
     q = await channel.declare_queue(name, passive=True)
     count = q.declaration_result.message_count
@@ -980,6 +998,37 @@ async def test_a_retry_queue_deleted_under_the_consumer_is_declared_again(
         await consumer.close()
     assert calls == [1, 2]  # a retry copy (attempt 2), not the requeued original again
     await raw.declare_queue(f"{queue}.retry.1", passive=True)  # it exists again
+
+
+async def test_a_dlq_deleted_under_a_running_consumer_is_declared_again(
+    rabbitmq_url: str, queue: str, raw: aio_pika.abc.AbstractChannel
+) -> None:
+    """An invalid message finds `<queue>.dlq` deleted under the running consumer: the
+    consumer declares its topology again (as for a retry queue) and dead-letters it there,
+    instead of leaving it unacked on the main queue until someone else declares the DLQ."""
+    got: list[int] = []
+    consumer = RabbitMQConsumer(Queue(queue, Order), url=rabbitmq_url)
+
+    @consumer()
+    async def handle(msg: Order) -> None:
+        got.append(msg.seq)
+
+    await consumer.start()
+    try:
+        await raw.queue_delete(f"{queue}.dlq")
+        await raw.default_exchange.publish(  # breaks the schema: dead-lettered at once
+            aio_pika.Message(b'{"seq": 1, "sku": "lowercase"}', message_id="invalid-1"),
+            routing_key=queue,
+        )
+        await wait_until_declared(rabbitmq_url, f"{queue}.dlq")
+        dead = await get_one(raw, f"{queue}.dlq")  # it holds the invalid message
+        assert dead.body == b'{"seq": 1, "sku": "lowercase"}'
+        assert dead.headers["x-death-reason"] == "invalid"
+        assert dead.headers["x-original-queue"] == queue
+    finally:
+        await consumer.close()  # returns whatever it left unacked to the queue
+    assert got == []
+    assert await depth(raw, queue) == 0  # the original was acked, not left unacked
 
 
 async def test_a_queue_locked_by_another_connection_is_a_configuration_error(
