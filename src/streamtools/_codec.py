@@ -226,6 +226,7 @@ class Codec(Generic[T]):
         "_decoder",
         "_encode",
         "_schema",
+        "_schema_valid",
         "content_type",
         "message_type",
         "type_name",
@@ -253,6 +254,7 @@ class Codec(Generic[T]):
         # A contract with a rule on the whole message (codegen decided): the validator checks
         # what msgspec cannot, after its typed decode.
         self._schema: SchemaCheck | None = schema_check(message_type)
+        self._schema_valid = None if self._schema is None else self._schema.is_valid
 
     def encode(self, msg: T, *, validate: bool = True) -> bytes:
         """Serialise `msg`; with `validate`, check it against its schema first.
@@ -291,13 +293,21 @@ class Codec(Generic[T]):
         return data
 
     def decode(self, data: bytes | bytearray | memoryview) -> T:
-        """Decode and validate `data` into the message type in one pass."""
-        if self._schema is not None:
-            return self._decode_checked(data, self._schema)
+        """Decode and validate `data` into the message type in one pass.
+
+        A contract with a rule on the whole message (codegen decided) takes a second one:
+        msgspec's typed decode first (it enforces what it can, exactly), then the validator on
+        the same body as JSON values, against a schema from which codegen left out what
+        msgspec enforces. Inline, not a method of its own: this is the hot path.
+        """
+        valid = self._schema_valid
         try:
-            return self._decoder.decode(data)
+            msg = self._decoder.decode(data)
+            if valid is None or valid(self._any_decode(data)):
+                return msg
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             raise self._refusal(exc)  # noqa: B904  (its cause is set by _refusal)
+        raise self._schema_refusal(data)
 
     def _refusal(self, exc: Exception) -> CodecError:
         """The streamtools error for what msgspec raised while decoding a body."""
@@ -317,19 +327,11 @@ class Codec(Generic[T]):
         malformed.__cause__ = exc
         return malformed
 
-    def _decode_checked(self, data: bytes | bytearray | memoryview, schema: SchemaCheck) -> T:
-        """The whole-message validator's path: msgspec's typed decode first (it enforces what
-        it can, exactly), then the validator on the same body as JSON values, with a schema
-        from which codegen left out what msgspec enforces."""
-        try:
-            msg = self._decoder.decode(data)
-            document = self._any_decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-            raise self._refusal(exc)  # noqa: B904  (its cause is set by _refusal)
-        if schema.is_valid(document):
-            return msg
-        message, path = schema.explain(document)
-        raise ValidationError(
+    def _schema_refusal(self, data: bytes | bytearray | memoryview) -> ValidationError:
+        """The error for a body the whole-message validator refused: its first problem."""
+        assert self._schema is not None
+        message, path = self._schema.explain(self._any_decode(data))
+        return ValidationError(
             f"{self.type_name} message does not match its schema: {message} - at `{path}`",
             path=path,
         )
