@@ -42,8 +42,9 @@ from benchmarks.harness import (
 )
 from examples.contracts import OrderCreated
 from streamtools._codec import default_source, new_metadata
-from streamtools.transports import kafka as st_kafka
 from streamtools.transports.kafka import KafkaConsumer, KafkaProducer
+from streamtools.transports.kafka._client import NO_IDEMPOTENCE
+from streamtools.transports.kafka._wire import record_headers
 from tests.support.kafka_broker import TansuBroker, provided_bootstrap_servers
 
 _encoder = msgspec.json.Encoder()
@@ -97,7 +98,7 @@ class _Raw:
             unique("probe"), message_type=OrderCreated, bootstrap_servers=where
         ):
             pass
-        idempotent = where not in st_kafka._NO_IDEMPOTENCE  # what streamtools settled on
+        idempotent = where not in NO_IDEMPOTENCE  # what streamtools settled on
         self.producer = AIOKafkaProducer(
             bootstrap_servers=where, acks="all", enable_idempotence=idempotent
         )
@@ -151,7 +152,7 @@ def produce_cases(count: int) -> list[Case]:
         def headers() -> list[tuple[str, bytes]]:
             if not same_headers:
                 return _RAW_HEADERS
-            return st_kafka._headers(new_metadata("OrderCreated", source))
+            return record_headers(new_metadata("OrderCreated", source))
 
         async def run() -> tuple[int, float]:
             made = await _fresh_topic()  # only for the topic
