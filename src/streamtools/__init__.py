@@ -18,6 +18,7 @@ from streamtools._registry import (
     Registry,
 )
 from streamtools._schema import enforce_schema, field_check, schema_registry
+from streamtools._settings import Limits, RetryPolicy
 from streamtools._telemetry import configure_tracing, enable_metrics
 from streamtools._types import Handler, Queue
 from streamtools.errors import (
@@ -64,6 +65,7 @@ __all__ = [
     "Handler",
     "HandlerError",
     "HandlerFactory",
+    "Limits",
     "Metadata",
     "OutsideHandlerError",
     "Producer",
@@ -73,6 +75,7 @@ __all__ = [
     "QueueNameError",
     "Registry",
     "ReplyTimeoutError",
+    "RetryPolicy",
     "Route",
     "StreamtoolsError",
     "UnknownQueueError",
