@@ -1128,7 +1128,7 @@ def test_prepared_properties_encode_exactly_as_pamqp_does(type_name: str, source
     import pamqp.header
 
     from streamtools._codec import new_metadata
-    from streamtools.transports import rabbitmq
+    from streamtools.transports.rabbitmq import _wire as rabbitmq
 
     stamp = rabbitmq._Stamp(type_name, source, "application/json")
     checked = 0
