@@ -27,8 +27,8 @@ import msgspec
 from streamtools import codegen
 from streamtools import compat as compat_module
 from streamtools._codec import codec_for
-from streamtools._helpers import ConsumerFactory, ConsumerRunner
 from streamtools._registry import PRODUCERS
+from streamtools._runner import ConsumerFactory, ConsumerRunner
 from streamtools._types import Queue
 from streamtools._version import __version__
 from streamtools.errors import ConfigurationError, StreamtoolsError
