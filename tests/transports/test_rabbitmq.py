@@ -1128,6 +1128,7 @@ def test_prepared_properties_encode_exactly_as_pamqp_does(type_name: str, source
     import pamqp.header
 
     from streamtools._codec import new_metadata
+    from streamtools._foreign.pamqp import WiredProperties
     from streamtools.transports.rabbitmq import _wire as rabbitmq
 
     stamp = rabbitmq._Stamp(type_name, source, "application/json")
@@ -1135,7 +1136,7 @@ def test_prepared_properties_encode_exactly_as_pamqp_does(type_name: str, source
     for _ in range(300):
         meta = new_metadata(type_name, source)
         properties = stamp.properties(meta)
-        assert isinstance(properties, rabbitmq._WiredProperties)
+        assert isinstance(properties, WiredProperties)
         expected = pamqp.commands.Basic.Properties.marshal(properties)  # pamqp's own encoding
         assert properties.marshal() == expected
         # and it reads back as the same metadata
@@ -1149,6 +1150,6 @@ def test_prepared_properties_encode_exactly_as_pamqp_does(type_name: str, source
     # Extra headers (trace context) and messages of another shape take pamqp's encoding.
     meta = new_metadata(type_name, source)
     traced = msgspec.structs.replace(meta, headers={"traceparent": "00-" + "1" * 32 + "-x-01"})
-    assert not isinstance(stamp.properties(traced), rabbitmq._WiredProperties)
+    assert not isinstance(stamp.properties(traced), WiredProperties)
     retried = msgspec.structs.replace(meta, attempt=2)
-    assert not isinstance(stamp.properties(retried), rabbitmq._WiredProperties)
+    assert not isinstance(stamp.properties(retried), WiredProperties)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import aio_pika
-import aio_pika.abc
 import aiormq.abc
 from yarl import URL
 
+from streamtools._foreign.aio_pika import HookedRobustConnection, amqp_connection
 from streamtools.errors import ConnectError
 from streamtools.transports.rabbitmq._errors import _CONNECT_FAILURES, _explained, _translate
 from streamtools.transports.rabbitmq._settings import _Settings, redact
@@ -35,13 +35,13 @@ class _NoNode(Exception):
         self.failures = tuple(failures)
 
 
-class _FailoverConnection(aio_pika.RobustConnection):
+class _FailoverConnection(HookedRobustConnection):
     """aio-pika's robust connection, moving on to the next broker address whenever it reconnects.
 
-    RobustConnection's reconnect loop connects to `self.url` on every attempt, and every end
-    of a connection, lost or never made, goes through `_on_connection_close` (a refused attempt
-    too: see `aio_pika.abc.UnderlayConnection.connect`). Pointing `url` at the next address
-    there is all failover takes: aio-pika then reopens channels, re-declares what was declared
+    RobustConnection's reconnect loop connects to `url` on every attempt, and every end of a
+    connection, lost or never made, goes through `ended_hook` (a refused attempt too; see
+    `streamtools._foreign.aio_pika`). Pointing `url` at the next address there is all
+    failover takes: aio-pika then reopens channels, re-declares what was declared
     on them and re-subscribes consumers on whichever node answered, as after any reconnect,
     and a publish that was waiting for its confirm is published again there (`_Link.publish`).
 
@@ -62,13 +62,13 @@ class _FailoverConnection(aio_pika.RobustConnection):
         news, self._news = self._news, asyncio.Event()
         news.set()
 
-    async def _on_connected(self) -> None:
-        await super()._on_connected()  # raises (and closes the transport) if a restore failed
+    def connected_hook(self) -> None:
+        # After aio-pika restored the channels (it raises instead if a restore failed).
         self._up = True
         self.failures.clear()
         self._notify()
 
-    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+    def ended_hook(self, closing: asyncio.Future[Any]) -> None:
         if not (self.close_called or self.is_closed):
             if self._up:
                 self._up = False  # lost: no verdict on the address, the next attempt says
@@ -81,10 +81,9 @@ class _FailoverConnection(aio_pika.RobustConnection):
                 self._attempts += 1
             if len(self.addresses) > 1:
                 self._position = (self._position + 1) % len(self.addresses)
-                self.url = self.addresses[self._position]
+                self.move_to(self.addresses[self._position])
                 logger.info("RabbitMQ connection ended; next address %s", redact(self.url))
             self._notify()
-        await super()._on_connection_close(closing)
 
     async def usable(self) -> aiormq.abc.AbstractConnection:
         """The AMQP connection once connected; `_NoNode` when none will take one now.
@@ -97,16 +96,11 @@ class _FailoverConnection(aio_pika.RobustConnection):
         attempts = self._attempts
         while True:
             news = self._news
-            transport = self.transport
+            amqp = amqp_connection(self)
             if self.is_closed or self.close_called:
                 raise RuntimeError(f"connection to {self.addresses} closed")
-            if (
-                self._up
-                and self.connected.is_set()
-                and transport is not None
-                and not transport.connection.is_closed
-            ):
-                return transport.connection
+            if self._up and self.connected.is_set() and amqp is not None and not amqp.is_closed:
+                return amqp
             if len(self.failures) == len(self.addresses) and self._attempts > attempts:
                 raise _NoNode([self.failures[k] for k in sorted(self.failures)])
             await news.wait()

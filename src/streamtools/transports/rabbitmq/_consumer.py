@@ -24,6 +24,7 @@ from streamtools._base import Capabilities
 from streamtools._binding import CE, content_type
 from streamtools._codec import Metadata, type_name
 from streamtools._delivery import QueuedConsumer
+from streamtools._foreign.aiormq import is_consuming, on_consumer_cancel
 from streamtools._settings import integer
 from streamtools._types import Queue, T
 from streamtools._window import SettleWindow
@@ -156,11 +157,10 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
             if self._intake_stopped:
                 return
             underlay = await channel.get_underlay_channel()
-            assert isinstance(underlay, aiormq.Channel)
-            if underlay is self._consuming_on and self._consumer_tag in underlay.consumers:
+            if underlay is self._consuming_on and is_consuming(underlay, self._consumer_tag):
                 return
-            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
-            if self._consumer_tag not in underlay.consumers:
+            on_consumer_cancel(underlay, self._on_cancel)
+            if not is_consuming(underlay, self._consumer_tag):
                 await underlay.basic_consume(
                     self.queue.name, self._on_delivery, consumer_tag=self._consumer_tag
                 )

@@ -17,6 +17,7 @@ import pamqp.frame
 import pamqp.header
 from yarl import URL
 
+from streamtools._foreign.aiormq import closed_during_handshake, refused_connection_open, reply_text
 from streamtools.errors import (
     ConfigurationError,
     ConnectError,
@@ -120,10 +121,7 @@ def _closed_early(exc: BaseException) -> bool:
     """The peer hung up in the middle of the handshake (aiormq reports it in words only)."""
     if isinstance(exc, StopAsyncIteration | pamqp.exceptions.PAMQPException):
         return True
-    reason = _reason(exc).lower()
-    return isinstance(exc, aiormq.exceptions.AMQPConnectionError) and (
-        "unexpectedly closed" in reason or "server connection reset" in reason
-    )
+    return closed_during_handshake(exc)
 
 
 async def _refusal(url: URL, ssl: _ssl.SSLContext | None, timeout: float) -> _Refused | None:
@@ -185,8 +183,8 @@ async def _refusal(url: URL, ssl: _ssl.SSLContext | None, timeout: float) -> _Re
 
 
 def _reply_text(exc: BaseException) -> str:
-    text = exc.args[1] if len(exc.args) > 1 else _reason(exc)
-    return str(text)
+    text = reply_text(exc)
+    return text if text is not None else _reason(exc)
 
 
 def _reason(exc: BaseException) -> str:
@@ -231,7 +229,7 @@ _CONNECT_FAILURES: Final = (
 
 async def _explained(exc: BaseException, url: URL, settings: _Settings) -> BaseException:
     """`exc`, or the broker's own reason when it closed the handshake without aiormq saying why."""
-    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+    if refused_connection_open(exc):
         refused = await _refusal(url, settings.ssl, settings.connect_timeout)
         if refused is not None:
             refused.__cause__ = exc

@@ -19,6 +19,7 @@ import aiormq.exceptions
 from streamtools._binding import content_type
 from streamtools._deadlines import Deadlines
 from streamtools._delivery import DeliveryLost
+from streamtools._foreign.aio_pika import amqp_connection
 from streamtools.errors import ConnectError, PublishError
 from streamtools.transports.rabbitmq._connection import _connections, _FailoverConnection, _NoNode
 from streamtools.transports.rabbitmq._errors import _map_errors, _reason, _transient, _translate
@@ -75,12 +76,12 @@ class _Link:
     async def declare(self, topology: Sequence[tuple[str, dict[str, object]]]) -> None:
         """Declare durable queues on a throwaway channel: a 406 closes only that channel."""
         assert self.connection is not None
-        transport = self.connection.transport
-        if transport is None:
+        amqp = amqp_connection(self.connection)
+        if amqp is None:
             raise ConnectError(f"{self.role}: not connected to {self.settings.address}")
         with _map_errors(self.settings, f"declaring queues for {topology[0][0]!r}"):
             async with asyncio.timeout(self.settings.connect_timeout):
-                channel = await transport.connection.channel(publisher_confirms=False)
+                channel = await amqp.channel(publisher_confirms=False)
                 try:
                     for name, arguments in topology:
                         with _map_errors(self.settings, f"declaring queue {name!r}"):

@@ -14,6 +14,7 @@ import aiormq
 
 from streamtools._binding import CE
 from streamtools._codec import SPECVERSION, Metadata
+from streamtools._foreign.pamqp import WiredProperties
 
 _PERSISTENT: Final = int(aio_pika.DeliveryMode.PERSISTENT)
 _NOT_PERSISTENT: Final = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
@@ -91,20 +92,6 @@ def _table_key(key: str) -> bytes:
     return bytes((len(key),)) + key.encode() + b"S"
 
 
-class _WiredProperties(aiormq.spec.Basic.Properties):
-    """Basic.Properties whose AMQP encoding `_Stamp` prepared from prebuilt parts.
-
-    The attributes are set as on any Properties (aiormq reads `message_id`); only
-    `marshal`, which pamqp calls to write the content header frame, returns the prepared
-    bytes instead of encoding field by field (about 10 us per message in pamqp).
-    """
-
-    wire: bytes
-
-    def marshal(self) -> bytes:
-        return self.wire
-
-
 class _Stamp:
     """The properties of one producer's plain sends: the constant parts built once.
 
@@ -112,6 +99,7 @@ class _Stamp:
     adds only `ce-id` and `ce-time`, the message id and the timestamp. Their AMQP encoding
     is prepared here too, byte for byte what pamqp writes (its headers table in sorted key
     order: ce-id, ce-source, ce-specversion, ce-time, ce-type); a test holds the two equal.
+    The prepared bytes reach pamqp in a `WiredProperties` (see `streamtools._foreign.pamqp`).
     A message whose metadata differs (trace or other extra headers, another source set
     since, a retried copy) takes the general `_properties` and pamqp's encoding.
     """
@@ -167,7 +155,7 @@ class _Stamp:
         wire = self._wire(meta, stamp) if not meta.headers else None
         if meta.headers:
             headers.update(meta.headers)
-        properties = (aiormq.spec.Basic.Properties if wire is None else _WiredProperties)(
+        properties = (aiormq.spec.Basic.Properties if wire is None else WiredProperties)(
             content_type=meta.content_type,
             headers=headers,  # type: ignore[arg-type]  # pamqp's FieldTable is invariant
             delivery_mode=_PERSISTENT,
@@ -177,7 +165,7 @@ class _Stamp:
             message_type=meta.type,
         )
         if wire is not None:
-            properties.wire = wire  # type: ignore[attr-defined]  # a _WiredProperties
+            properties.wire = wire  # type: ignore[attr-defined]  # a WiredProperties
         return properties
 
     def _wire(self, meta: Metadata, stamp: datetime | None) -> bytes | None:
