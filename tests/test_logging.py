@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from streamtools import CONSUMER_LOOPS, Queue
-from streamtools._runner import JsonFormatter
+from streamtools._logging import JsonFormatter
 from tests.conftest import unique_name
 
 ROOT = Path(__file__).parents[1]

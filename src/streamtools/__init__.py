@@ -3,6 +3,7 @@
 from streamtools._base import Capabilities, Consumer, Producer, Route
 from streamtools._codec import Metadata, current_metadata
 from streamtools._contracts import register_contracts, registered_contracts
+from streamtools._factory import HandleMsgs, HandlerFactory
 from streamtools._public import report_as as _report_as
 from streamtools._registry import (
     CONSUMER_LOOPS,
@@ -16,7 +17,8 @@ from streamtools._registry import (
     ProducerClass,
     Registry,
 )
-from streamtools._runner import ConsumerFactory, ConsumerRunner, HandleMsgs, HandlerFactory
+from streamtools._routing import ConsumerFactory
+from streamtools._runner import ConsumerRunner
 from streamtools._schema import enforce_schema, field_check, schema_registry
 from streamtools._settings import Limits, RetryPolicy
 from streamtools._telemetry import configure_tracing, enable_metrics

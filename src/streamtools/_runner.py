@@ -1,11 +1,10 @@
-"""Service helpers: HandleMsgs, HandlerFactory, ConsumerFactory and ConsumerRunner.
+"""ConsumerRunner: start consumers, serve until SIGINT/SIGTERM (or `stop()`), stop them
+gracefully.
 
-`ConsumerFactory.route` only records, like aiohttp's RouteTableDef: consumers are built
-when `.instances` is first read (by the runner), so importing a service module reads no
-environment and opens nothing. `ConsumerRunner` starts them all, serves until SIGINT/SIGTERM
-(or `stop()`), and stops them gracefully. The runner knows no transport: a consumer whose
-transport serves on a port (`Capabilities.serves_port`) gets the runner's host and port and
-carries its `/healthz`; otherwise the runner serves `/healthz` itself (`_health`).
+The runner knows no transport: a consumer whose transport serves on a port
+(`Capabilities.serves_port`) gets the runner's host and port and carries its `/healthz` (and
+`/metrics`); otherwise the runner serves them itself (`_health`). `run()` serves on uvloop
+when it is installed.
 """
 
 from __future__ import annotations
@@ -16,14 +15,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic, NamedTuple
-
-import msgspec
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from streamtools import _telemetry
-from streamtools._base import Capabilities, Consumer, Producer
-from streamtools._contracts import resolve_queue
+from streamtools._base import Consumer
 from streamtools._health import (
     HEALTH_PATH,
     Answer,
@@ -31,233 +27,11 @@ from streamtools._health import (
     health_endpoint,
     serve_endpoints,
 )
-from streamtools._registry import CONSUMER_LOOPS, PRODUCERS
-from streamtools._types import Handler, Queue, T
-from streamtools.errors import ConfigurationError, StreamtoolsError, UnknownQueueError
+from streamtools._logging import default_logging
+from streamtools._types import Handler
+from streamtools.errors import ConfigurationError, StreamtoolsError
 
 logger = logging.getLogger("streamtools.runner")
-
-
-class HandleMsgs(Generic[T]):
-    """A consumer and a producer on the same queue, possibly over different transports.
-
-    `HandleMsgs(queue, MEMORY)` uses one transport for both; `HandleMsgs(queue,
-    consumer_loop=RMQ, producer=HTTP)` mixes them. `queue` is a contract or a name (its
-    registered contract, else raw JSON). Settings are passed to the constructors.
-    """
-
-    def __init__(
-        self,
-        queue: Queue[T] | str,
-        queue_type: str | None = None,
-        *,
-        consumer_loop: str | None = None,
-        producer: str | None = None,
-        message_type: type[T] | None = None,
-        consumer_settings: Mapping[str, object] | None = None,
-        producer_settings: Mapping[str, object] | None = None,
-    ) -> None:
-        consumer_name = consumer_loop or queue_type
-        producer_name = producer or queue_type
-        if consumer_name is None or producer_name is None:
-            raise ConfigurationError(
-                "HandleMsgs needs queue_type=, or both consumer_loop= and producer="
-            )
-        consumer_cls = CONSUMER_LOOPS[consumer_name]
-        producer_cls = PRODUCERS[producer_name]
-        self.consumer: Consumer[T] = consumer_cls(
-            queue, message_type=message_type, **dict(consumer_settings or {})
-        )
-        self.producer: Producer[T] = producer_cls(
-            self.consumer.queue, **dict(producer_settings or {})
-        )
-        self.queue: Queue[T] = self.consumer.queue
-
-    def __repr__(self) -> str:
-        return f"HandleMsgs({self.consumer!r}, {self.producer!r})"
-
-    async def a_init(self) -> None:
-        """Connect the consumer and the producer."""
-        await asyncio.gather(self.consumer.a_init(), self.producer.a_init())
-
-    async def close(self) -> None:
-        """Close both; safe to call more than once."""
-        await asyncio.gather(self.consumer.close(), self.producer.close())
-
-
-_ENTRY_KEYS = frozenset({"name", "consumer_loop", "producer"})
-_OPTIONAL_KEYS = frozenset({"consumer_settings", "producer_settings"})
-
-
-class HandlerFactory(Mapping[str, HandleMsgs[Any]]):
-    """HandleMsgs pairs built from a "messages queues" config; `factory["queue_1"]` is one.
-
-    Each entry is `{"name": queue name, "consumer_loop": transport, "producer": transport}`,
-    optionally with `consumer_settings` / `producer_settings` dicts. Transports may differ
-    per entry and within one. A malformed entry fails here, naming the entry.
-    """
-
-    def __init__(self, messages_queues: Mapping[str, Mapping[str, object]]) -> None:
-        self._pairs: dict[str, HandleMsgs[Any]] = {}
-        for key, entry in messages_queues.items():
-            self._pairs[key] = self._build(key, entry)
-
-    @staticmethod
-    def _build(key: str, entry: Mapping[str, object]) -> HandleMsgs[Any]:
-        if not isinstance(entry, Mapping):
-            raise ConfigurationError(f"messages queue {key!r}: expected a dict, got {entry!r}")
-        missing = _ENTRY_KEYS - set(entry)
-        unknown = set(entry) - _ENTRY_KEYS - _OPTIONAL_KEYS
-        if missing or unknown:
-            problems = []
-            if missing:
-                problems.append(f"missing {', '.join(sorted(missing))}")
-            if unknown:
-                problems.append(f"unknown key {', '.join(sorted(unknown))}")
-            raise ConfigurationError(
-                f"messages queue {key!r}: {'; '.join(problems)}; "
-                f"an entry has name, consumer_loop and producer"
-            )
-        values = {k: entry[k] for k in _ENTRY_KEYS}
-        for k, v in values.items():
-            if not isinstance(v, str) or not v:
-                raise ConfigurationError(f"messages queue {key!r}: {k} must be a string, got {v!r}")
-        settings: dict[str, Mapping[str, object]] = {}
-        for k in _OPTIONAL_KEYS:
-            v = entry.get(k) or {}
-            if not isinstance(v, Mapping):
-                raise ConfigurationError(f"messages queue {key!r}: {k} must be a dict, got {v!r}")
-            settings[k] = v
-        try:
-            return HandleMsgs(
-                str(values["name"]),
-                consumer_loop=str(values["consumer_loop"]),
-                producer=str(values["producer"]),
-                consumer_settings=settings["consumer_settings"],
-                producer_settings=settings["producer_settings"],
-            )
-        except StreamtoolsError as exc:
-            raise ConfigurationError(f"messages queue {key!r}: {exc}") from exc
-        except TypeError as exc:  # a setting the transport's constructor does not take
-            raise ConfigurationError(f"messages queue {key!r}: {exc}") from exc
-
-    def __getitem__(self, key: str) -> HandleMsgs[Any]:
-        try:
-            return self._pairs[key]
-        except KeyError:
-            known = ", ".join(sorted(self._pairs)) or "none"
-            raise UnknownQueueError(f"no messages queue {key!r}; configured: {known}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._pairs)
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    async def a_init(self) -> None:
-        """Connect every pair."""
-        await asyncio.gather(*(pair.a_init() for pair in self._pairs.values()))
-
-    async def close(self) -> None:
-        """Close every pair."""
-        await asyncio.gather(*(pair.close() for pair in self._pairs.values()))
-
-
-class _Recorded(NamedTuple):
-    queue: Queue[Any] | str
-    message_type: type[Any] | None
-    options: dict[str, object]
-    handler: Handler[Any]
-
-
-class ConsumerFactory:
-    """Flask-style routes: `@consumers.route(ORDERS_CREATED)` registers a handler.
-
-    Routes only record, like aiohttp's RouteTableDef: nothing is built, read from the
-    environment or opened until `.instances` is read (a `ConsumerRunner` reads it), so a
-    wrong setting is reported when the service runs, not when its module is imported.
-    Settings (e.g. RabbitMQ `url=`, `prefetch=`) go to every consumer; `host`/`port` go to
-    consumers whose transport serves on a port (HTTP).
-    """
-
-    def __init__(
-        self,
-        queue_type: str,
-        port: int | None = None,
-        host: str | None = None,
-        **settings: object,
-    ) -> None:
-        self.queue_type = queue_type
-        self._consumer_cls = CONSUMER_LOOPS[queue_type]  # an unknown name fails here
-        self.port = port
-        self.host = host
-        self.settings = settings
-        self.handlers: dict[str, Handler[Any]] = {}
-        """Queue name -> its first routed handler (known without building anything)."""
-        self._recorded: list[_Recorded] = []
-        self._instances: dict[str, Consumer[Any]] = {}
-        self._built = 0  # how many of _recorded are registered on _instances
-
-    def using(
-        self, queue_type: str | None = None, *, port: int | None = None, host: str | None = None
-    ) -> ConsumerFactory:
-        """The same routes on another transport, host or port (what `streamtools run` does)."""
-        other = ConsumerFactory(
-            queue_type or self.queue_type,
-            port=port if port is not None else self.port,
-            host=host if host is not None else self.host,
-            **self.settings,
-        )
-        for recorded in self._recorded:
-            other.route(recorded.queue, message_type=recorded.message_type, **recorded.options)(
-                recorded.handler
-            )
-        return other
-
-    def route(
-        self, queue: Queue[T] | str, *, message_type: type[T] | None = None, **options: object
-    ) -> Callable[[Handler[T]], Handler[T]]:
-        """Record the decorated handler for `queue`; `options` go to `@consumer(...)`."""
-        name = resolve_queue(queue, message_type).name  # a bad queue name fails here
-
-        def register(handler: Handler[T]) -> Handler[T]:
-            if not asyncio.iscoroutinefunction(handler):
-                raise ConfigurationError(
-                    f"handler {getattr(handler, '__qualname__', handler)!r} must be an async def"
-                )
-            self._recorded.append(_Recorded(queue, message_type, dict(options), handler))
-            self.handlers.setdefault(name, handler)
-            return handler
-
-        return register
-
-    @property
-    def instances(self) -> dict[str, Consumer[Any]]:
-        """Queue name -> its consumer, built on first read with the routed handlers.
-
-        Builds what was routed since the last read; raises the transport's
-        ConfigurationError when a setting (or its environment variable) is wrong.
-        """
-        settings = dict(self.settings)
-        if _serves_port(self._consumer_cls):
-            for key, value in (("host", self.host), ("port", self.port)):
-                if value is not None:
-                    settings[key] = value
-        for recorded in self._recorded[self._built :]:
-            contract = resolve_queue(recorded.queue, recorded.message_type)
-            # A second route on the same queue (e.g. GET beside POST) adds to its consumer.
-            consumer = self._instances.get(contract.name)
-            if consumer is None:
-                consumer = self._consumer_cls(contract, **settings)
-            consumer(**recorded.options)(recorded.handler)
-            self._instances[contract.name] = consumer
-            self._built += 1
-        return self._instances
-
-
-def _serves_port(consumer_cls: object) -> bool:
-    capabilities = getattr(consumer_cls, "capabilities", None)
-    return isinstance(capabilities, Capabilities) and capabilities.serves_port
 
 
 def _port_server(consumer: Consumer[Any]) -> ServesPort | None:
@@ -434,17 +208,7 @@ class ConsumerRunner:
         Like Flask's `app.run()`, it logs to stderr at INFO when the application has not
         configured logging itself.
         """
-        if not logging.getLogger().handlers:
-            if os.environ.get("STREAMTOOLS_LOG_FORMAT", "").lower() == "json":
-                handler = logging.StreamHandler()
-                handler.setFormatter(JsonFormatter())
-                logging.basicConfig(level=logging.WARNING, handlers=[handler])
-            else:
-                logging.basicConfig(
-                    level=logging.WARNING,
-                    format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                )
-            logging.getLogger("streamtools.runner").setLevel(logging.INFO)
+        default_logging()
         try:
             with asyncio.Runner(loop_factory=_uvloop_factory() if self.uvloop else None) as runner:
                 runner.run(self.serve())
@@ -494,32 +258,3 @@ def _prometheus_installed() -> bool:
 def _metrics_endpoint() -> Answer:
     body, content_type = _telemetry.metrics_answer()
     return Answer(200, body, content_type)
-
-
-# The attributes every LogRecord has; the rest are a line's `extra=` fields.
-_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the line's fields
-    (queue, message_id, transport, trace_id, ...). `STREAMTOOLS_LOG_FORMAT=json` selects it
-    in `ConsumerRunner.run()`'s own logging setup."""
-
-    _encode = staticmethod(msgspec.json.Encoder().encode)
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and not key.startswith("_"):
-                line[key] = value if isinstance(value, str | int | float | bool) else str(value)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return self._encode(line).decode()

@@ -28,7 +28,8 @@ from streamtools import codegen
 from streamtools import compat as compat_module
 from streamtools._codec import codec_for
 from streamtools._registry import PRODUCERS
-from streamtools._runner import ConsumerFactory, ConsumerRunner
+from streamtools._routing import ConsumerFactory
+from streamtools._runner import ConsumerRunner
 from streamtools._types import Queue
 from streamtools._version import __version__
 from streamtools.errors import ConfigurationError, StreamtoolsError
