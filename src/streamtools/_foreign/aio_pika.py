@@ -2,7 +2,9 @@
 
 Checked against aio-pika 10.2.1 (installed, with aiormq 7.2.4 and pamqp 4.0.1) and read in
 aio-pika 9.4.0 (the floor pyproject.toml claims), where both hooks below exist with the same
-signatures. `tests/foreign/test_amqp_pins.py` pins each item.
+signatures (but `Connection.close_called`, public in 10.x and used by the transport, does not,
+and its aiormq 6.8 lacks what `streamtools._foreign.aiormq` needs: the floor is too low).
+`tests/foreign/test_amqp_pins.py` pins each item.
 """
 
 from __future__ import annotations
