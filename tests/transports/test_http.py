@@ -929,7 +929,8 @@ async def front(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{site.port}/q", seen
+        # runner.addresses, not site.port: TCPSite.port is aiohttp 3.14+ (make test-min)
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/q", seen
     finally:
         await runner.cleanup()
         await session.close()

@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import array
 import asyncio
-import fcntl
 import logging
 import math
-import termios
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiohttp import web, web_protocol
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.streams import StreamReader
 
+from streamtools._foreign import aiohttp as foreign
 from streamtools.transports.http._outcome import (
     Outcome,
     error_outcome,
@@ -76,7 +76,44 @@ class _Refuse(asyncio.Protocol):
         transport.close()
 
 
-class Connection(web_protocol.RequestHandler):
+def _unread_bytes(fd: int) -> int:
+    """Bytes the kernel holds unread on socket `fd` (FIONREAD), 0 when unknown."""
+    # fcntl and termios are POSIX-only: imported here, so the transport imports on Windows
+    # too, where this answers 0 (a stop then treats an idle connection as idle even when a
+    # request's first bytes sit unread in the kernel: it is closed, and the client retries).
+    try:
+        import fcntl
+        import termios
+    except ImportError:
+        return 0
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return 0
+    return count[0]
+
+
+class AnswerCounter(AbstractAccessLogger):
+    """The access logger of a `ConnectionServer`: it logs nothing, and counts each answer
+    on its connection (`Connection.answered`).
+
+    aiohttp calls its access logger once per answer, once it is written (in
+    `finish_response`, also when the client went away meanwhile): the count of answered
+    requests, without a coroutine of ours around every request and without overriding
+    `RequestHandler.log_access` (a coroutine on aiohttp's master branch, a plain method in
+    3.x; aiohttp wraps a plain `AbstractAccessLogger` for its async one, so this works with
+    either). A request that ends without an answer (its task cancelled, its connection
+    broken) ends its connection, idle or not.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        protocol = request.protocol
+        if isinstance(protocol, Connection):
+            protocol.answered()
+
+
+class Connection(foreign.RequestHandler):
     """One client connection: header timeout, JSON parser errors, graceful stop."""
 
     __slots__ = (
@@ -97,8 +134,8 @@ class Connection(web_protocol.RequestHandler):
         self._header_handle: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None  # the last request's body while it arrives
         self._partial = False  # part of a request's headers arrived
-        self._answered = 0  # of the `_request_count` requests read
-        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self._answered = 0  # of the `requests_read`
+        self.lost: asyncio.Future[None] = self.event_loop.create_future()
 
     # -- timeouts ---------------------------------------------------------------------------
 
@@ -118,21 +155,20 @@ class Connection(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         body = self._body
         in_body = body is not None and not body.is_eof()
-        count = self._request_count
+        count = self.requests_read
         super().data_received(data)
-        if self._request_count != count:  # a request's headers completed (or failed to parse)
+        if self.requests_read != count:  # a request's headers completed (or failed to parse)
             if self._header_handle is not None:
                 self._disarm()
             self._partial = False
-            messages = self._messages
-            self._body = messages[-1][1] if messages else None
+            self._body = self.newest_body()
         elif data and not in_body:  # the first bytes of the next request
             self._partial = True
             self._arm()
 
     def _arm(self) -> None:
         if self._header_handle is None and self._header_timeout:
-            self._header_handle = self._loop.call_later(self._header_timeout, self._late)
+            self._header_handle = self.event_loop.call_later(self._header_timeout, self._late)
 
     def _disarm(self) -> None:
         if self._header_handle is not None:
@@ -149,28 +185,16 @@ class Connection(web_protocol.RequestHandler):
 
     # -- stop -------------------------------------------------------------------------------
 
-    @property
-    def queued(self) -> int:
-        """Requests read and not yet being answered (pipelined behind the current one)."""
-        return len(self._messages)
-
     def _busy(self) -> bool:
         # Counted, not aiohttp's flags: between taking a request off its queue and starting
         # its handler, aiohttp's connection looks idle.
-        return self._answered != self._request_count or (
+        return self._answered != self.requests_read or (
             self._body is not None and not self._body.is_eof()
         )
 
-    def log_access(
-        self, request: web.BaseRequest, response: web.StreamResponse, *args: Any
-    ) -> None:
-        # aiohttp calls this once per answer, once it is written (in `finish_response`): the
-        # count of answered requests, without a coroutine of ours around every request. A
-        # request that ends without an answer (its task cancelled, its connection broken)
-        # ends its connection, idle or not.
+    def answered(self) -> None:
+        """One more answer is written (`AnswerCounter`)."""
         self._answered += 1
-        if self.access_logger is not None:  # ConnectionServer has none
-            super().log_access(request, response, *args)
 
     def stop(self) -> None:
         """Close now if idle; else once every request read so far is answered (the server's
@@ -184,25 +208,19 @@ class Connection(web_protocol.RequestHandler):
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         if sock is None:
             return 0
-        count = array.array("i", [0])
-        try:
-            fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
-        except OSError:
-            return 0
-        return count[0]
+        return _unread_bytes(sock.fileno())
 
     def abandon(self) -> None:
         """Answer the request in progress with 503 if nothing of its answer was written
         (its handler ignored cancellation), and close."""
-        request = self._current_request
+        request = self.request_in_progress
         if request is not None and request.writer.output_size == 0:
             self._answer_and_close(
                 error_outcome(503, "unavailable", "the consumer shut down; retry")
             )
         else:
             self.force_close()
-        if self._task_handler is not None:
-            self._task_handler.cancel()
+        self.cancel_handler()
 
     def _answer_and_close(self, outcome: Outcome) -> None:
         if self.transport is not None:
@@ -211,12 +229,12 @@ class Connection(web_protocol.RequestHandler):
 
     # -- parser errors ----------------------------------------------------------------------
 
-    def handle_error(
+    def error_response(
         self,
         request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
+        status: int,
+        exc: BaseException | None,
+        message: str | None,
     ) -> web.StreamResponse:
         """aiohttp's answer to a request it could not parse (or a handler that raised): the
         JSON error body, and the connection closes."""
@@ -234,13 +252,15 @@ class Connection(web_protocol.RequestHandler):
         return response(outcome, close=True)
 
 
-class ConnectionServer(web.Server):
+class ConnectionServer(foreign.Server):
     """aiohttp's low-level server making `Connection`s, within `Limits`."""
 
     def __init__(self, handler: Any, limits: Limits, **kwargs: Any) -> None:
         super().__init__(
             handler,
-            access_log=None,
+            # No access log: an `AnswerCounter` in its place counts each connection's answers.
+            access_log=logger,
+            access_log_class=AnswerCounter,
             keepalive_timeout=limits.keepalive_timeout,
             lingering_time=limits.lingering_time,
             # Bodies are decompressed by streamtools after the checks, within the size limit
@@ -255,30 +275,29 @@ class ConnectionServer(web.Server):
         self._refusal = raw_answer(_overloaded(limits.max_connections))
         self.stopping = False  # set at pre_shutdown
 
-    def __call__(self) -> Any:  # asyncio's protocol factory; a Connection or a refusal
-        if len(self._connections) + len(self._pending) >= self.limits.max_connections:
+    def make_protocol(self) -> asyncio.BaseProtocol:  # a Connection or a refusal
+        if len(self.connections) + len(self._pending) >= self.limits.max_connections:
             return _Refuse(self._refusal)
-        connection = Connection(self, self.limits.header_timeout, loop=self._loop, **self._kwargs)
+        connection = Connection(self, self.limits.header_timeout, **self.handler_kwargs())
         self._pending.add(connection)
         return connection
 
-    def pre_shutdown(self) -> None:
+    def stop_connections(self) -> None:
         self.stopping = True
-        for connection in list(self._connections):
+        for connection in self.connections:
             if isinstance(connection, Connection):
                 connection.stop()
             else:
                 connection.close()
 
-    async def shutdown(self, timeout: float | None = None) -> None:
-        connections = [c for c in self._connections if isinstance(c, Connection)]
+    async def finish_connections(self, timeout: float | None) -> None:
+        connections = [c for c in self.connections if isinstance(c, Connection)]
         lost = [c.lost for c in connections if not c.lost.done()]
         if lost:
             await asyncio.wait(lost, timeout=timeout)
         for connection in connections:
             if not connection.lost.done():
                 connection.abandon()
-        self._connections.clear()
 
 
 class AcceptErrorThrottle(logging.Filter):

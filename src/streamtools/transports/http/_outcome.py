@@ -10,10 +10,10 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
 
 from streamtools._codec import JSON
+from streamtools._foreign.aiohttp import OneWriteResponse
 from streamtools.transports.http._negotiation import json_encoder
 
 
@@ -70,7 +70,7 @@ def _date() -> str:
     return _date_text
 
 
-class Answer(web.StreamResponse):
+class Answer(OneWriteResponse):
     """The answer to a message request (one that passed the checks and reached a route):
     status line, headers and body written with one call.
 
@@ -79,7 +79,8 @@ class Answer(web.StreamResponse):
     machinery: content coding, chunking, cookies, signals and five coroutines per answer
     are for answers of unknown size and shape; these are a status and a body in memory.
     Only for POST and GET requests (a HEAD answer has no body); a 204 has no body, no
-    Content-Length and no Content-Type, as RFC 9110 asks.
+    Content-Length and no Content-Type, as RFC 9110 asks. `OneWriteResponse` (aiohttp's
+    private response state, fenced) writes what `render` makes.
     """
 
     def __init__(self, outcome: Outcome, *, duplicate: bool = False) -> None:
@@ -87,17 +88,7 @@ class Answer(web.StreamResponse):
         self._outcome = outcome
         self._duplicate = duplicate
 
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self._eof_sent:
-            return None
-        if self._payload_writer is not None:  # pragma: no cover - aiohttp prepares once
-            return self._payload_writer
-        writer = request.writer
-        self._req = request
-        self._payload_writer = writer
-        keep_alive = self._keep_alive
-        if keep_alive is None:
-            keep_alive = self._keep_alive = request.keep_alive
+    def render(self, request: web.BaseRequest, keep_alive: bool) -> tuple[bytes, int]:
         status, body, content_type = self._outcome
         version = request.version
         http10 = version == (1, 0)
@@ -114,13 +105,7 @@ class Answer(web.StreamResponse):
         elif not http10:
             head.append("Connection: close\r\n")
         head.append("\r\n")
-        # One write of head and body; write_eof waits while the client is not reading.
-        await writer.write_eof("".join(head).encode("latin-1") + body)
-        self._eof_sent = True
-        self._body_length = len(body)
-        self._req = None
-        self._payload_writer = None
-        return writer
+        return "".join(head).encode("latin-1") + body, len(body)
 
 
 def raw_answer(outcome: Outcome, headers: Mapping[str, str] = RETRY_LATER) -> bytes:

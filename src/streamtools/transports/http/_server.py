@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 
 from streamtools._codec import JSON
+from streamtools._foreign.aiohttp import ServerRunner
 from streamtools._health import Endpoint
 from streamtools._types import Queue
 from streamtools.errors import ConfigurationError
@@ -152,49 +153,6 @@ class Routes:
         return web.Response(body=body, headers={"Content-Type": JSON})
 
 
-class _Runner(web.ServerRunner):
-    """A ServerRunner that stops accepting before it closes its listening sockets, and whose
-    shutdown hook ends lingering reads of unread request bodies."""
-
-    def __init__(self, server: ConnectionServer, unread: set[StreamReader], timeout: float) -> None:
-        # When it stops, the consumers have drained their handlers already: the timeout only
-        # bounds writing the last answers to slow clients (ConnectionServer.shutdown).
-        super().__init__(server, shutdown_timeout=timeout)
-        self._unread = unread
-
-    async def cleanup(self) -> None:
-        # asyncio's selector loop makes the transport of an accepted connection in a task,
-        # one loop iteration after accept(); `Server.close()` (aiohttp's site.stop()) within
-        # that iteration makes it fail on an assertion, reported in debug mode only, and the
-        # accepted socket stays open, never read, until garbage collection (CPython
-        # gh-109564, open; checked on 3.11.7): a client that connected just before close()
-        # would wait on it for an answer. So stop accepting first and let the connections
-        # accepted so far get their transports (their tasks were scheduled before this one
-        # resumes), then close: `pre_shutdown` then finds every connection. Connections
-        # the kernel had queued and no one accepted are reset when the socket closes.
-        loop = asyncio.get_running_loop()
-        accepting = False
-        for site in self.sites:
-            listener = site._server  # the site's listening server (aiohttp 3.14.5 checked)
-            # uvloop's is no asyncio.Server and is left to its own close (the same load
-            # against uvloop 0.23 left no client hung).
-            if isinstance(listener, asyncio.Server):
-                for sock in listener.sockets:
-                    accepting |= loop.remove_reader(sock.fileno())
-        if accepting:
-            await asyncio.sleep(0)
-        await super().cleanup()
-
-    async def shutdown(self) -> None:
-        # Runs after aiohttp closed every connection for new data (pre_shutdown). A client
-        # still uploading a body we refused (413, 401, ...) would hold aiohttp's lingering
-        # close, and with it this stop, for `lingering_time`: end those reads now.
-        for payload in self._unread:
-            if not payload.is_eof() and payload.exception() is None:
-                payload.feed_eof()
-        self._unread.clear()
-
-
 _servers: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[tuple[str, int], SharedServer]
 ] = weakref.WeakKeyDictionary()
@@ -219,7 +177,7 @@ class SharedServer:
     stopping: bool = False
     _unread: set[StreamReader] = field(default_factory=set)
     _previous: SharedServer | None = None
-    _runner: _Runner | None = None
+    _runner: ServerRunner | None = None
     _site: web.TCPSite | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -250,7 +208,13 @@ class SharedServer:
 
     @property
     def bound_port(self) -> int:
-        return self._site.port if self._site is not None else self.port
+        # `runner.addresses`, not `TCPSite.port`: that one is aiohttp 3.14+ (and its port
+        # before the site started is the one asked for, 0 included).
+        runner = self._runner
+        if runner is None or not runner.addresses:
+            return self.port
+        port: int = runner.addresses[0][1]
+        return port
 
     async def start(self, shutdown_timeout: float) -> None:
         async with self._lock:
@@ -264,7 +228,10 @@ class SharedServer:
                 await previous._stopped.wait()
             throttle_accept_errors()
             server = ConnectionServer(self._handle, self.limits)
-            runner = _Runner(server, self._unread, shutdown_timeout)
+            # When it stops, the consumers have drained their handlers already: the timeout
+            # only bounds writing the last answers to slow clients (ConnectionServer's
+            # finish_connections); its shutdown step ends the reads of refused bodies.
+            runner = ServerRunner(server, self._unread, shutdown_timeout)
             await runner.setup()
             site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl)
             try:
@@ -277,8 +244,8 @@ class SharedServer:
                 ) from exc
             self._runner, self._site = runner, site
             if self.key is None:  # port=0: consumers given the bound port share this server
-                self.key = (self.host, site.port)
-                self.routes.where = f"{self.host}:{site.port}"
+                self.key = (self.host, self.bound_port)
+                self.routes.where = f"{self.host}:{self.bound_port}"
                 _servers.setdefault(asyncio.get_running_loop(), {})[self.key] = self
 
     async def release(self) -> None:
