@@ -155,7 +155,7 @@ MUTANTS = (
     ),
     Mutant(
         "a reopened RabbitMQ channel is not subscribed again",
-        "src/streamtools/transports/rabbitmq.py",
+        "src/streamtools/transports/rabbitmq/_consumer.py",
         "                    channel.reopen_callbacks.add(self._on_reopen)",
         "                    pass",
         (
@@ -165,15 +165,15 @@ MUTANTS = (
     ),
     Mutant(
         "a nacked RabbitMQ publish is retried on the same channel (issue #20)",
-        "src/streamtools/transports/rabbitmq.py",
+        "src/streamtools/transports/rabbitmq/_link.py",
         '                        self._leave(underlay, "a publish was nacked")',
         "                        pass",
         ("tests/transports/test_rabbitmq_failover_matrix.py::test_failover_matrix[PL-shared]",),
     ),
     Mutant(
         "a subscription the broker cancelled (queue deleted) is not renewed",
-        "src/streamtools/transports/rabbitmq.py",
-        "            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)",
+        "src/streamtools/transports/rabbitmq/_consumer.py",
+        "            on_consumer_cancel(underlay, self._on_cancel)",
         "            pass",
         (
             "tests/transports/test_rabbitmq.py::"
