@@ -11,6 +11,8 @@ import enum
 import logging
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
@@ -1311,3 +1313,36 @@ async def test_request_timeout_bounds_the_retries_too(queue_name: str) -> None:
                 await producer.request(make_order(), reply_type=Receipt, timeout=0.5, endpoint=url)
     assert len(seen) > 1  # it was retrying when the time ran out
     assert len(set(seen)) == 1
+
+
+# -- portability ----------------------------------------------------------------------------
+
+_WITHOUT_FCNTL = """
+import socket, sys
+sys.modules["fcntl"] = None  # as on Windows: `import fcntl` raises ImportError
+sys.modules["termios"] = None
+import streamtools.transports.http
+from streamtools.transports.http._connection import _unread_bytes
+left, right = socket.socketpair()
+right.sendall(b"unread")
+print(_unread_bytes(left.fileno()))
+"""
+
+
+def test_the_http_transport_imports_without_fcntl_and_termios() -> None:
+    # fcntl and termios are POSIX-only; the transport asks FIONREAD through them where it
+    # needs it, and answers 0 (unknown) where they do not exist.
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_FCNTL], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    # with them, the same bytes are counted
+    with_fcntl = _WITHOUT_FCNTL.replace('sys.modules["fcntl"] = None', "").replace(
+        'sys.modules["termios"] = None', ""
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", with_fcntl], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "6"
