@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SRC := src tests examples benchmarks scripts
 PYTEST_ARGS ?=
 
-.PHONY: all venv codegen check format lint typecheck codegen-check node-deps test test-fast demo bench bench-quick dist compat mutate clean
+.PHONY: all venv codegen check format lint typecheck codegen-check node-deps test test-fast test-min demo bench bench-quick dist compat mutate clean
 
 all: check
 
@@ -62,6 +62,24 @@ test: check node-deps
 test-fast: $(STAMP)
 	$(BIN)/pytest -x -q -m "not slow" $(PYTEST_ARGS)
 
+# The tests on the lowest versions pyproject.toml allows: every runtime dependency pinned to
+# its floor (scripts/lowest_pins.py says how, and which dev tools cannot install beside the
+# floors: their tests are left out), in a venv of its own, built afresh when pyproject.toml
+# changes. The slow tests (broker restarts, process kills) run in `make test` only.
+VENV_MIN := .venv-min
+MIN_STAMP := $(VENV_MIN)/.installed
+
+$(MIN_STAMP): pyproject.toml scripts/lowest_pins.py
+	rm -rf $(VENV_MIN)
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_MIN)/bin/python scripts/lowest_pins.py > $(VENV_MIN)/requirements.txt
+	$(VENV_MIN)/bin/python -m pip install --quiet -e . -r $(VENV_MIN)/requirements.txt
+	touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP) node-deps
+	$(VENV_MIN)/bin/pytest -q -m "not slow" $$($(VENV_MIN)/bin/python scripts/lowest_pins.py --ignored) $(PYTEST_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
@@ -83,4 +101,4 @@ dist: $(STAMP)
 	PYTHON=$(BIN)/python scripts/dist.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VENV_MIN) .mypy_cache .ruff_cache .pytest_cache dist build *.egg-info src/*.egg-info
