@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from streamtools import MEMORY, ValidationError
+from streamtools import MEMORY, RetryPolicy, ValidationError
 from streamtools._codec import Codec
 from streamtools._schema import schema_check
 from streamtools.codegen import generate, run
@@ -157,7 +157,7 @@ async def test_a_memory_round_trip_dead_letters_the_invalid_naming_the_field(
 
     queue = Queue(f"poly.{uuid.uuid4().hex[:8]}", poly.OrderPlaced)
     producer = PRODUCERS[MEMORY](queue)
-    consumer = CONSUMER_LOOPS[MEMORY](queue, max_retries=0, retry_delay=0.01)
+    consumer = CONSUMER_LOOPS[MEMORY](queue, retry=RetryPolicy(attempts=0, delay=0.01))
     got: list[Any] = []
 
     @consumer()

@@ -18,6 +18,7 @@ from streamtools import (
     ConfigurationError,
     DecodeError,
     EncodeError,
+    Limits,
     Queue,
     UnknownTransportError,
     ValidationError,
@@ -215,7 +216,7 @@ async def test_bounded_queue_makes_send_wait() -> None:
 async def test_max_in_flight_bounds_concurrent_handlers() -> None:
     broker = MemoryBroker()
     queue = Queue(unique_name(), Point)
-    consumer = MemoryConsumer(queue, broker=broker, max_in_flight=3)
+    consumer = MemoryConsumer(queue, broker=broker, limits=Limits(max_in_flight=3))
     running = 0
     peak = 0
     done = 0

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamtools import CONSUMER_LOOPS, PRODUCERS, ConfigurationError, Queue
+from streamtools import CONSUMER_LOOPS, PRODUCERS, ConfigurationError, Limits, Queue, RetryPolicy
 from streamtools._codec import Metadata, new_metadata
 from streamtools._delivery import Incoming, QueuedConsumer, backoff_delay, dead_letter_queue
 from streamtools._window import SettleWindow
@@ -187,17 +187,8 @@ async def test_a_failed_batched_ack_is_not_retried_in_a_loop() -> None:
 @pytest.mark.parametrize(
     ("transport", "setting", "value", "message"),
     [
-        (
-            "RMQIOHandler",
-            "prefetch",
-            "5",
-            "RabbitMQConsumer: prefetch must be an int >= 1, got '5'",
-        ),
-        ("RMQIOHandler", "prefetch", 0, "prefetch must be an int >= 1, got 0"),
-        ("MemoryHandler", "retry_delay", -1, "retry_delay must be seconds >= 0, got -1"),
-        ("MemoryHandler", "max_retries", True, "max_retries must be an int >= 0, got True"),
-        ("MemoryHandler", "max_in_flight", 0, "max_in_flight must be an int >= 1, got 0"),
-        ("RMQIOHandler", "max_retry_delay", 0.5, "max_retry_delay must be seconds >= retry_delay"),
+        ("RMQIOHandler", "retry", 3, "RabbitMQConsumer: retry must be a RetryPolicy, got 3"),
+        ("MemoryHandler", "limits", {}, "MemoryConsumer: limits must be a Limits, got {}"),
         ("RMQIOHandler", "queue_type", "stream", "queue_type must be 'quorum' or 'classic'"),
         ("RMQIOHandler", "connect_timeout", float("nan"), "connect_timeout must be seconds > 0"),
         (
@@ -230,6 +221,32 @@ def test_a_keyword_the_transport_does_not_take_is_a_configuration_error(transpor
     assert transport in str(info.value)
     with pytest.raises(ConfigurationError, match="takes no setting nonsense"):
         CONSUMER_LOOPS[transport]("orders", nonsense=1)
+
+
+@pytest.mark.parametrize(
+    ("transport", "old", "value", "new"),
+    [
+        ("MemoryHandler", "max_retries", 5, "retry=RetryPolicy(attempts=5)"),
+        ("MemoryHandler", "max_in_flight", 2, "limits=Limits(max_in_flight=2)"),
+        ("RMQIOHandler", "prefetch", 8, "limits=Limits(max_in_flight=8)"),
+        ("RMQIOHandler", "retry_delay", 0.5, "retry=RetryPolicy(delay=0.5)"),
+        ("KafkaHandler", "max_retry_delay", 9.0, "retry=RetryPolicy(max_delay=9.0)"),
+        ("KafkaHandler", "max_message_size", 10, "limits=Limits(max_message_size=10)"),
+    ],
+)
+def test_an_old_keyword_still_works_for_one_release_with_a_warning_at_the_caller(
+    transport: str, old: str, value: object, new: str
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"is deprecated") as record:
+        consumer = CONSUMER_LOOPS[transport]("orders", **{old: value})
+    [warning] = record
+    cls = type(consumer).__name__
+    assert str(warning.message) == f"{cls}: {old}= is deprecated, pass {new} instead"
+    assert warning.filename == __file__  # points at the user's constructor call
+    assert isinstance(consumer, QueuedConsumer)
+    field = new.split("(")[1].split("=")[0]
+    holder = consumer.retry if new.startswith("retry") else consumer.limits
+    assert getattr(holder, field) == value
 
 
 def test_rabbitmq_refuses_http_settings_with_the_list_it_takes() -> None:
@@ -338,7 +355,7 @@ class _PolicyOnly(QueuedConsumer[Any]):
 
 
 def _policy(handler_fails: bool, **settings: Any) -> _PolicyOnly:
-    consumer = _PolicyOnly(Queue("orders", Point), retry_delay=0.0, **settings)
+    consumer = _PolicyOnly(Queue("orders", Point), **{"retry": RetryPolicy(delay=0.0), **settings})
 
     @consumer()
     async def handle(msg: Point) -> None:
@@ -354,7 +371,7 @@ async def _feed(consumer: _PolicyOnly, incoming: Incoming) -> None:
 
 async def test_the_original_is_settled_only_after_its_copy_is_confirmed() -> None:
     calls: list[str] = []
-    consumer = _policy(True, max_retries=2)
+    consumer = _policy(True, retry=RetryPolicy(attempts=2, delay=0.0))
     meta = new_metadata("Point", "//test")
     await _feed(consumer, _Recorded(meta, {"orders"}, calls))
     # The retry copy failed: the original is requeued, never settled.
@@ -366,7 +383,7 @@ async def test_the_original_is_settled_only_after_its_copy_is_confirmed() -> Non
 
 async def test_internal_failures_end_in_the_dead_letter_queue_not_a_loop() -> None:
     calls: list[str] = []
-    consumer = _policy(True, max_retries=2)
+    consumer = _policy(True, retry=RetryPolicy(attempts=2, delay=0.0))
     meta = new_metadata("Point", "//test")
     for _ in range(3):  # the same message, redelivered after each requeue
         await _feed(consumer, _Recorded(meta, {"orders"}, calls))
@@ -383,17 +400,17 @@ async def test_internal_failures_end_in_the_dead_letter_queue_not_a_loop() -> No
 
 async def test_a_foreign_attempt_count_is_clamped() -> None:
     calls: list[str] = []
-    consumer = _policy(True, max_retries=2)
+    consumer = _policy(True, retry=RetryPolicy(attempts=2, delay=0.0))
     meta = msgspec.structs.replace(new_metadata("Point", "//test"), attempt=10**12)
     incoming = _Recorded(meta, set(), calls)
     await _feed(consumer, incoming)
     assert calls == ["publish orders.dlq attempt=1", "settle"]
-    assert incoming.meta.attempt == 3  # max_retries + 1: dead-lettered, with x-attempts 3
+    assert incoming.meta.attempt == 3  # attempts + 1: dead-lettered, with x-attempts 3
 
 
 async def test_a_message_over_max_message_size_is_dead_lettered_undecoded() -> None:
     calls: list[str] = []
-    consumer = _policy(False, max_message_size=4)
+    consumer = _policy(False, limits=Limits(max_message_size=4))
     await _feed(consumer, _Recorded(new_metadata("Point", "//test"), set(), calls))
     assert calls == ["publish orders.dlq attempt=1", "settle"]
 

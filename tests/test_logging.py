@@ -22,9 +22,11 @@ ROOT = Path(__file__).parents[1]
 
 SERVICE = """
 import asyncio
-from streamtools import CONSUMER_LOOPS, PRODUCERS, ConsumerRunner, Queue
+from streamtools import CONSUMER_LOOPS, PRODUCERS, ConsumerRunner, Queue, RetryPolicy
 
-consumer = CONSUMER_LOOPS["memory"](Queue("st-logq", dict[str, int]), max_retries=0)
+consumer = CONSUMER_LOOPS["memory"](
+    Queue("st-logq", dict[str, int]), retry=RetryPolicy(attempts=0)
+)
 
 @consumer()
 async def handle(msg: dict[str, int]) -> None:

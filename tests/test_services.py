@@ -118,7 +118,7 @@ async def test_seed_consumer_factory_example_serves_on_either_transport(
             assert report["consumers"] == [
                 {
                     "queue": name,
-                    "transport": PRODUCERS[queue_type].messaging_system,
+                    "transport": {HTTP: "streamtools.http", RMQ: "rabbitmq"}[queue_type],
                     "connected": True,
                     "consuming": True,
                     "in_flight": 0,

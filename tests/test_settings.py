@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import pytest
 
@@ -33,7 +34,10 @@ def test_value_objects_are_frozen_and_hashable() -> None:
             "RetryPolicy: max_delay must be seconds >= delay (5.0), got 1.0",
         ),
         (lambda: Limits(max_message_size=0), "Limits: max_message_size must be an int >= 1, got 0"),
-        (lambda: Limits(max_in_flight="8"), "Limits: max_in_flight must be an int >= 1, got '8'"),
+        (
+            lambda: Limits(max_in_flight=cast(int, "8")),
+            "Limits: max_in_flight must be an int >= 1, got '8'",
+        ),
     ],
 )
 def test_a_bad_value_names_the_object_the_field_and_the_value(make: object, message: str) -> None:
@@ -50,7 +54,10 @@ def test_seconds_are_floats() -> None:
 def test_old_keywords_warn_naming_the_new_spelling_and_still_work() -> None:
     with pytest.warns(DeprecationWarning, match="is deprecated") as record:
         retry, limits = policy(
-            "SomeConsumer", RetryPolicy(), Limits(), max_retries=5, retry_delay=0.1, prefetch=8
+            "SomeConsumer",
+            RetryPolicy(),
+            Limits(),
+            {"max_retries": 5, "retry_delay": 0.1, "prefetch": 8, "max_message_size": None},
         )
     assert retry == RetryPolicy(attempts=5, delay=0.1)
     assert limits == Limits(max_in_flight=8)
@@ -66,12 +73,12 @@ def test_an_old_keyword_and_its_replacement_together_are_refused() -> None:
         pytest.warns(DeprecationWarning, match="is deprecated"),
         pytest.raises(ConfigurationError, match="not both"),
     ):
-        policy("C", RetryPolicy(attempts=1), Limits(), max_retries=5)
+        policy("C", RetryPolicy(attempts=1), Limits(), {"max_retries": 5})
     with (
         pytest.warns(DeprecationWarning, match="is deprecated"),
         pytest.raises(ConfigurationError, match="same limit"),
     ):
-        policy("C", RetryPolicy(), Limits(), prefetch=5, max_in_flight=6)
+        policy("C", RetryPolicy(), Limits(), {"prefetch": 5, "max_in_flight": 6})
 
 
 def test_a_bad_old_keyword_is_refused_in_the_new_vocabulary() -> None:
@@ -79,7 +86,7 @@ def test_a_bad_old_keyword_is_refused_in_the_new_vocabulary() -> None:
         pytest.warns(DeprecationWarning, match="is deprecated"),
         pytest.raises(ConfigurationError) as caught,
     ):
-        policy("C", RetryPolicy(), Limits(), max_retries=-1)
+        policy("C", RetryPolicy(), Limits(), {"max_retries": -1})
     assert str(caught.value) == "C: RetryPolicy: attempts must be an int >= 0, got -1"
 
 

@@ -46,7 +46,7 @@ from streamtools import _telemetry
 from streamtools._base import Consumer, Route, encode_reply
 from streamtools._binding import carried
 from streamtools._codec import Metadata
-from streamtools._settings import integer, retry_delays
+from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, policy
 from streamtools._types import Queue, T
 from streamtools.errors import (
     CodecError,
@@ -158,17 +158,20 @@ class QueuedConsumer(Consumer[T]):
         queue: Queue[T] | str,
         *,
         message_type: type[T] | None = None,
-        max_retries: int = 3,
-        retry_delay: float = 1.0,
-        max_retry_delay: float = 60.0,
-        max_message_size: int = 1024 * 1024,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
+        **deprecated: object,
     ) -> None:
+        """`deprecated`: the subclass's old keywords (`max_retries=`, `prefetch=`, ...), None
+        where not given; each given one is taken with a DeprecationWarning (`policy`)."""
         super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
-        owner = type(self).__name__
-        self.max_retries = integer(owner, "max_retries", max_retries, minimum=0)
-        self.retry_delay, self.max_retry_delay = retry_delays(owner, retry_delay, max_retry_delay)
-        self.max_message_size = integer(owner, "max_message_size", max_message_size, minimum=1)
+        self.retry, self.limits = policy(type(self).__name__, retry, limits, deprecated)
+        self.max_retries = self.retry.attempts
+        self.retry_delay = self.retry.delay
+        self.max_retry_delay = self.retry.max_delay
+        self.max_message_size = self.limits.max_message_size
+        self.max_in_flight = self.limits.max_in_flight
         # Internal failures per message id (bounded): a message that keeps failing in
         # streamtools itself is dead-lettered (`internal`) instead of requeued without end.
         self._internal_failures: collections.OrderedDict[str, int] = collections.OrderedDict()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Final
 
 from streamtools.errors import ConfigurationError
@@ -95,22 +97,26 @@ class Limits:
         integer("Limits", "max_in_flight", self.max_in_flight, minimum=1)
 
 
+DEFAULT_RETRY: Final = RetryPolicy()
+DEFAULT_LIMITS: Final = Limits()
 _UNSET: Final = None
+_NONE_GIVEN: Final[Mapping[str, object]] = MappingProxyType({})
 
 
 def policy(
     owner: str,
     retry: object,
     limits: object,
+    deprecated: Mapping[str, object] = _NONE_GIVEN,
     *,
     stacklevel: int = 4,
-    **deprecated: object,
 ) -> tuple[RetryPolicy, Limits]:
-    """A consumer's (RetryPolicy, Limits) from `retry=` and `limits=`, and from the keywords
-    they replace (`max_retries`, `retry_delay`, `max_retry_delay`, `max_message_size`,
-    `max_in_flight`, `prefetch`, `max_body_size`), each given one a DeprecationWarning naming
-    its new spelling. Passing an old keyword and the object that replaces it is an error.
-    `stacklevel` points the warning at the user's constructor call."""
+    """A consumer's (RetryPolicy, Limits) from `retry=` and `limits=`, and from the old
+    keywords in `deprecated` (`max_retries`, `retry_delay`, `max_retry_delay`,
+    `max_message_size`, `max_in_flight`, `prefetch`, `max_body_size`; None where not given),
+    each given one with a DeprecationWarning naming its new spelling. Passing an old keyword
+    and the object that replaces it is an error. `stacklevel` points the warning at the
+    user's constructor call."""
     if not isinstance(retry, RetryPolicy):
         raise _fail(owner, "retry", "a RetryPolicy", retry)
     if not isinstance(limits, Limits):

@@ -17,7 +17,15 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from streamtools import CONSUMER_LOOPS, PRODUCERS, Capabilities, Consumer, Producer, Queue
+from streamtools import (
+    CONSUMER_LOOPS,
+    PRODUCERS,
+    Capabilities,
+    Consumer,
+    Producer,
+    Queue,
+    RetryPolicy,
+)
 from streamtools._types import T
 
 
@@ -70,8 +78,9 @@ class Harness:
         return PRODUCERS[self.name](queue, **self.producer_settings(consumer))
 
 
-# Fast retries so the failure tests finish quickly; max_retries=2 means 3 attempts in all.
-QUEUED_SETTINGS: dict[str, object] = {"max_retries": 2, "retry_delay": 0.02, "shutdown_timeout": 10}
+# Fast retries so the failure tests finish quickly; attempts=2 means 3 attempts in all.
+FAST_RETRY = RetryPolicy(attempts=2, delay=0.02)
+QUEUED_SETTINGS: dict[str, object] = {"retry": FAST_RETRY, "shutdown_timeout": 10}
 
 
 def _memory(request: pytest.FixtureRequest) -> Harness:

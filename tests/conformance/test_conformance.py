@@ -23,9 +23,11 @@ from streamtools import (
     ConfigurationError,
     Consumer,
     DeliveryError,
+    Limits,
     Metadata,
     Producer,
     Queue,
+    RetryPolicy,
     ValidationError,
     current_metadata,
 )
@@ -271,7 +273,7 @@ async def test_poison_message_is_dead_lettered_after_retry_limit(harness: Harnes
     assert meta.headers["x-death-reason"] == "max-retries"
     assert meta.headers["x-error-type"] == "RuntimeError"
     assert "cannot handle this one" in meta.headers["x-error-message"]
-    assert meta.headers["x-attempts"] == "3"  # max_retries=2 in the harness: 3 attempts
+    assert meta.headers["x-attempts"] == "3"  # attempts=2 in the harness: 3 in all
     assert meta.headers["x-original-queue"] == queue.name
     # The same headers on every transport, and nothing of the delivery's own bookkeeping.
     assert set(meta.headers) == set(DEAD_LETTER_HEADERS)
@@ -535,7 +537,7 @@ async def test_failing_dead_letter_consumer_keeps_the_message_in_its_queue(
     if not harness.capabilities.dead_letter:
         pytest.skip("transport has no dead-letter queue")
     queue = new_queue()
-    consumer = harness.consumer(queue, max_retries=0)
+    consumer = harness.consumer(queue, retry=RetryPolicy(attempts=0, delay=0.02))
 
     @consumer()
     async def handle(msg: ConfMessage) -> None:
@@ -689,7 +691,7 @@ async def test_a_foreign_attempt_header_cannot_skip_the_retries(harness: Harness
         [(_, meta)] = await read_dead_letters(harness, queue, ConfMessage, 1)
     finally:
         await consumer.close()
-    # Clamped to max_retries + 1 (3 in the harness): the handler saw 3, not 10**12.
+    # Clamped to attempts + 1 (3 in the harness): the handler saw 3, not 10**12.
     assert seen == [3]
     assert meta.headers["x-attempts"] == "3"
     assert meta.headers["x-death-reason"] == "max-retries"
@@ -699,7 +701,7 @@ async def test_a_message_over_max_message_size_is_dead_lettered_unread(harness: 
     if not harness.capabilities.dead_letter:
         pytest.skip("transport has no dead-letter queue (HTTP: max_body_size, 413)")
     queue = new_queue()
-    consumer, got = collecting_consumer_with(harness, queue, max_message_size=300)
+    consumer, got = collecting_consumer_with(harness, queue, limits=Limits(max_message_size=300))
     await consumer.start()
     try:
         async with harness.producer(queue) as producer:
@@ -843,7 +845,7 @@ async def test_metrics_on_the_runner_count_sends_and_outcomes(harness: Harness) 
     assert value(families, processed, outcome="ok", **labels) == sent - poison
     if harness.capabilities.dead_letter:
         assert value(families, processed, outcome="dead_lettered", **labels) == poison
-        # max_retries=2 in the harness: two retries of each poison message
+        # attempts=2 in the harness: two retries of each poison message
         assert value(families, processed, outcome="retried", **labels) == 2 * poison
     else:
         assert value(families, processed, outcome="failed", **labels) == poison
@@ -901,7 +903,7 @@ async def test_a_poison_storm_ends_in_the_dead_letter_queue(harness: Harness) ->
     if not harness.capabilities.dead_letter:
         pytest.skip("transport has no dead-letter queue")
     queue = new_queue()
-    consumer = harness.consumer(queue, max_retries=0)
+    consumer = harness.consumer(queue, retry=RetryPolicy(attempts=0, delay=0.02))
 
     @consumer()
     async def handle(msg: ConfMessage) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from streamtools import CONSUMER_LOOPS, Queue, current_metadata
+from streamtools import CONSUMER_LOOPS, Limits, Queue, current_metadata
 from streamtools.outbox import Inbox, Relay
 from tests.outbox.conftest import Order
 
@@ -75,6 +75,8 @@ async def apply_order(schema: str, order: Order, conn: psycopg.AsyncConnection[A
 async def inbox(args: argparse.Namespace, settings: dict[str, object]) -> None:
     journal = _Journal(args.journal)
     box = Inbox(args.dsn, schema=args.schema)
+    if isinstance(limits := settings.get("limits"), dict):  # a Limits, as JSON
+        settings["limits"] = Limits(**limits)
     consumer = CONSUMER_LOOPS[args.transport](Queue(args.queue, Order), **settings)
 
     async def effect(order: Order, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -17,7 +17,7 @@ import msgspec
 import psycopg
 import pytest
 
-from streamtools import KAFKA, RMQ, Queue
+from streamtools import KAFKA, RMQ, Limits, Queue
 from streamtools.outbox import init_schema
 from tests.conftest import unique_name
 from tests.support.queues import delete_queues
@@ -89,7 +89,8 @@ async def broker(
     name: str = request.param
     if name == RMQ:
         url: str = request.getfixturevalue("rabbitmq_url")
-        yield name, {"url": url}, {"url": url, "prefetch": 1}  # one at a time: broker order
+        # one at a time: broker order
+        yield name, {"url": url}, {"url": url, "limits": Limits(max_in_flight=1)}
     else:
         servers: str = request.getfixturevalue("kafka_bootstrap")
         yield (

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
-from streamtools import KAFKA, RMQ, Queue
+from streamtools import KAFKA, RMQ, Limits, Queue
 from streamtools.outbox import Outbox, Relay
 from tests.conftest import unique_name
 from tests.outbox.conftest import Order, record
@@ -56,7 +56,7 @@ async def test_broker_down_for_a_while_loses_nothing(pg_dsn: str, schema: str) -
             await node.astart()
             ids = before + during
             await until(lambda: _sent(pg_dsn, schema, len(ids)), "every row marked sent")
-        sink = await Sink(RMQ, queue, url=node.url, prefetch=1).start()
+        sink = await Sink(RMQ, queue, url=node.url, limits=Limits(max_in_flight=1)).start()
         await _check_and_record(
             f"broker down {DOWN_FOR:g} s, restarted ({RMQ})",
             pg_dsn, schema, relay, sink, ids, during, retried_while_down,

@@ -15,7 +15,7 @@ import msgspec
 import psycopg
 import pytest
 
-from streamtools import RMQ, Queue
+from streamtools import RMQ, Limits, Queue
 from streamtools.outbox import Inbox, Relay
 from tests.outbox.children import apply_order
 from tests.outbox.conftest import Order, record
@@ -109,7 +109,9 @@ async def test_inbox_absorbs_the_redelivery_after_a_consumer_crash(
         )
     child_settings = dict(consumer_settings)
     if transport == RMQ:
-        child_settings["prefetch"] = 20  # several handled, unsettled, at the kill
+        child_settings["limits"] = Limits(
+            max_in_flight=20
+        )  # several handled, unsettled, at the kill
     ids = await write_orders(pg_dsn, schema, queue, keys=4, per_key=50)
     relay = Relay(transport, dsn=pg_dsn, schema=schema, producer_settings=producer_settings)
     journal = tmp_path / "inbox.journal"

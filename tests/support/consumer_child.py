@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from streamtools import CONSUMER_LOOPS, RMQ, Consumer, Queue, current_metadata
+from streamtools import CONSUMER_LOOPS, RMQ, Consumer, Limits, Queue, RetryPolicy, current_metadata
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,10 @@ async def run_journalled(
 
 async def serve(url: str, queue: str, journal: Path, prefetch: int, sleep: float) -> None:
     consumer = CONSUMER_LOOPS[RMQ](
-        Queue(queue, Tick), url=url, prefetch=prefetch, max_retries=3, retry_delay=0.1
+        Queue(queue, Tick),
+        url=url,
+        limits=Limits(max_in_flight=prefetch),
+        retry=RetryPolicy(attempts=3, delay=0.1),
     )
     await run_journalled(consumer, journal, sleep)
 

@@ -13,7 +13,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from streamtools import CONSUMER_LOOPS, KAFKA, Queue
+from streamtools import CONSUMER_LOOPS, KAFKA, Limits, Queue, RetryPolicy
 from tests.support.consumer_child import Tick, run_journalled
 
 
@@ -24,9 +24,8 @@ async def serve(
         Queue(topic, Tick),
         bootstrap_servers=servers,
         group=group,
-        max_in_flight=max_in_flight,
-        max_retries=3,
-        retry_delay=0.1,
+        limits=Limits(max_in_flight=max_in_flight),
+        retry=RetryPolicy(attempts=3, delay=0.1),
         session_timeout=6,
     )
     # Ready once the group has given this member its partitions.

@@ -23,7 +23,16 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from cloudevents.core.bindings import kafka as ce_kafka
 
-from streamtools import CONSUMER_LOOPS, KAFKA, PRODUCERS, Consumer, Queue, current_metadata
+from streamtools import (
+    CONSUMER_LOOPS,
+    KAFKA,
+    PRODUCERS,
+    Consumer,
+    Limits,
+    Queue,
+    RetryPolicy,
+    current_metadata,
+)
 from streamtools._binding import DEAD_LETTER_HEADERS
 from streamtools._codec import Metadata
 from streamtools.errors import ConfigurationError, ConnectError, PublishError, StreamtoolsError
@@ -153,7 +162,7 @@ async def test_per_key_order_holds_under_concurrency(
     running: dict[str, int] = dict.fromkeys(keys, 0)
     overlap = {"keys_at_once": 0, "same_key_at_once": 0}
 
-    consumer = consumer_for(topic, kafka_bootstrap, max_in_flight=32)
+    consumer = consumer_for(topic, kafka_bootstrap, limits=Limits(max_in_flight=32))
 
     @consumer()
     async def handle(msg: Order) -> None:
@@ -247,7 +256,7 @@ async def test_poison_and_invalid_go_to_dlq_with_headers(
     topic = topics("dlq")
     attempts: dict[int, int] = {}
     ok: list[int] = []
-    consumer = consumer_for(topic, kafka_bootstrap, max_retries=2, retry_delay=0.02)
+    consumer = consumer_for(topic, kafka_bootstrap, retry=RetryPolicy(attempts=2, delay=0.02))
 
     @consumer()
     async def handle(msg: Order) -> None:

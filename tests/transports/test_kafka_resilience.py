@@ -29,9 +29,11 @@ from streamtools import (
     KAFKA,
     PRODUCERS,
     Consumer,
+    Limits,
     Producer,
     PublishError,
     Queue,
+    RetryPolicy,
     current_metadata,
 )
 from tests.conftest import free_port, unique_name
@@ -90,7 +92,12 @@ def kafka_consumer(
         Queue(topic, Tick),
         bootstrap_servers=servers,
         group=group,
-        **{"max_in_flight": 20, "max_retries": 3, "retry_delay": 0.05, **CONSUMER, **settings},
+        **{
+            "limits": Limits(max_in_flight=20),
+            "retry": RetryPolicy(attempts=3, delay=0.05),
+            **CONSUMER,
+            **settings,
+        },
     )
 
     @consumer()
@@ -282,7 +289,11 @@ async def test_rebalance_while_handlers_run_loses_nothing(kafka_bootstrap: str, 
             Queue(topic, Tick),
             bootstrap_servers=kafka_bootstrap,
             group=group,
-            **{"max_in_flight": 16, "max_retries": 3, "retry_delay": 0.05, **CONSUMER},
+            **{
+                "limits": Limits(max_in_flight=16),
+                "retry": RetryPolicy(attempts=3, delay=0.05),
+                **CONSUMER,
+            },
         )
 
         @consumer()

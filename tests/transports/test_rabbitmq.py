@@ -21,7 +21,7 @@ import aio_pika.abc
 import msgspec
 import pytest
 
-from streamtools import CONSUMER_LOOPS, PRODUCERS, RMQ, Queue, current_metadata
+from streamtools import CONSUMER_LOOPS, PRODUCERS, RMQ, Limits, Queue, RetryPolicy, current_metadata
 from streamtools.errors import (
     ConfigurationError,
     ConnectError,
@@ -158,8 +158,8 @@ def test_defaults_and_explicit_url(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"url": "http://u:topsecret@host/"}, "amqp://"),
         ({"queue_type": "stream"}, "queue_type"),
         ({"connect_timeout": 0}, "connect_timeout"),
-        ({"prefetch": 0}, "prefetch"),
-        ({"max_retries": -1}, "max_retries"),
+        ({"limits": 64}, "limits must be a Limits"),
+        ({"retry": 3}, "retry must be a RetryPolicy"),
         ({"url": "amqp://u:topsecret@host/", "ssl": ssl.create_default_context()}, "amqps://"),
     ],
 )
@@ -413,7 +413,9 @@ async def test_existing_queue_with_other_arguments_is_a_configuration_error(
 async def test_quorum_queue_dlq_and_retry_queues_are_declared(
     rabbitmq_url: str, queue: str, raw: aio_pika.abc.AbstractChannel
 ) -> None:
-    consumer = RabbitMQConsumer(queue, message_type=Order, url=rabbitmq_url, max_retries=2)
+    consumer = RabbitMQConsumer(
+        queue, message_type=Order, url=rabbitmq_url, retry=RetryPolicy(attempts=2)
+    )
     await consumer.a_init()
     await consumer.close()
     for name in (queue, f"{queue}.dlq", f"{queue}.retry.1", f"{queue}.retry.2"):
@@ -542,9 +544,14 @@ async def test_poison_message_backs_off_then_dead_letters_while_others_flow(
     rabbitmq_url: str, queue: str, raw: aio_pika.abc.AbstractChannel
 ) -> None:
     events: list[tuple[str, int, int, float]] = []  # (tag, seq, attempt, monotonic time)
-    # prefetch=1: a consumer that held the poison while backing off would stall the others.
+    # max_in_flight=1 (the prefetch): a consumer that held the poison while backing off
+    # would stall the others.
     consumer = RabbitMQConsumer(
-        queue, message_type=Order, url=rabbitmq_url, prefetch=1, max_retries=3, retry_delay=0.4
+        queue,
+        message_type=Order,
+        url=rabbitmq_url,
+        limits=Limits(max_in_flight=1),
+        retry=RetryPolicy(attempts=3, delay=0.4),
     )
 
     @consumer()
@@ -634,7 +641,7 @@ async def test_dlq_is_consumable_with_error_headers_in_metadata(
     rabbitmq_url: str, queue: str
 ) -> None:
     consumer = RabbitMQConsumer(
-        queue, message_type=Order, url=rabbitmq_url, max_retries=0, retry_delay=0.01
+        queue, message_type=Order, url=rabbitmq_url, retry=RetryPolicy(attempts=0, delay=0.01)
     )
 
     @consumer()
@@ -978,7 +985,7 @@ async def test_a_retry_queue_deleted_under_the_consumer_is_declared_again(
     retries through it, instead of requeueing and re-running the handler without end."""
     calls: list[int] = []
     consumer = RabbitMQConsumer(
-        Queue(queue, Order), url=rabbitmq_url, max_retries=1, retry_delay=0.05
+        Queue(queue, Order), url=rabbitmq_url, retry=RetryPolicy(attempts=1, delay=0.05)
     )
 
     @consumer()

@@ -29,9 +29,11 @@ from streamtools import (
     PRODUCERS,
     RMQ,
     Consumer,
+    Limits,
     Producer,
     PublishError,
     Queue,
+    RetryPolicy,
     current_metadata,
 )
 from streamtools.transports.rabbitmq import RabbitMQConsumer, RabbitMQProducer
@@ -193,8 +195,8 @@ async def open_clients(
     consumer = CONSUMER_LOOPS[RMQ](
         Queue(queue, Tick),
         url=cluster.order_from(consumer_at),
-        prefetch=PREFETCH,
-        retry_delay=0.05,
+        limits=Limits(max_in_flight=PREFETCH),
+        retry=RetryPolicy(delay=0.05),
         shutdown_timeout=10,
     )
 

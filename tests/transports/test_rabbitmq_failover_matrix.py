@@ -34,9 +34,11 @@ from streamtools import (
     CONSUMER_LOOPS,
     PRODUCERS,
     RMQ,
+    Limits,
     Producer,
     PublishError,
     Queue,
+    RetryPolicy,
     current_metadata,
 )
 from streamtools.transports.rabbitmq import RabbitMQConsumer, RabbitMQProducer
@@ -289,8 +291,8 @@ async def test_failover_matrix(
     consumer = CONSUMER_LOOPS[RMQ](
         Queue(queue_name, Tick),
         url=cluster.order_from(c),
-        prefetch=PREFETCH,
-        retry_delay=0.05,
+        limits=Limits(max_in_flight=PREFETCH),
+        retry=RetryPolicy(delay=0.05),
         shutdown_timeout=10,
     )
 

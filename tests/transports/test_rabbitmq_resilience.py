@@ -26,9 +26,11 @@ from streamtools import (
     PRODUCERS,
     RMQ,
     Consumer,
+    Limits,
     Producer,
     PublishError,
     Queue,
+    RetryPolicy,
     current_metadata,
 )
 from tests.support import RabbitNode, TcpProxy
@@ -96,9 +98,8 @@ def rmq_consumer(
         Queue(queue, Tick),
         url=url,
         **{
-            "prefetch": 50,
-            "max_retries": 3,
-            "retry_delay": 0.05,
+            "limits": Limits(max_in_flight=50),
+            "retry": RetryPolicy(attempts=3, delay=0.05),
             "shutdown_timeout": 10,
             "connect_timeout": 10,
             **settings,
@@ -276,7 +277,11 @@ async def test_broker_restart_mid_stream_loses_nothing_confirmed(
     # copies waiting there when the broker dies: they must come back too.
     retry_delay = 1.5 if fail_first else 0.05
     consumer = rmq_consumer(
-        queue_name, node.url, ledger, fail_first=fail_first, retry_delay=retry_delay
+        queue_name,
+        node.url,
+        ledger,
+        fail_first=fail_first,
+        retry=RetryPolicy(attempts=3, delay=retry_delay),
     )
     producer = rmq_producer(queue_name, node.url)
     # Its sends while the broker is down must fail with PublishError, after send_timeout.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from streamtools._base import Capabilities, Producer
 from streamtools._codec import Metadata
 from streamtools._delivery import Incoming, QueuedConsumer
-from streamtools._settings import integer
+from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, integer
 from streamtools._types import Queue, T
 from streamtools.errors import (
     ConfigurationError,
@@ -200,26 +200,31 @@ class MemoryConsumer(QueuedConsumer[T]):
         queue: Queue[T] | str,
         *,
         message_type: type[T] | None = None,
-        max_in_flight: int = 16,
-        max_retries: int = 3,
-        retry_delay: float = 0.5,
-        max_retry_delay: float = 30.0,
-        max_message_size: int = 1024 * 1024,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
         broker: MemoryBroker | None = None,
+        # deprecated, for one release: retry=RetryPolicy(...), limits=Limits(...)
+        max_in_flight: int | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        max_retry_delay: float | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         super().__init__(
             queue,
             message_type=message_type,
+            retry=retry,
+            limits=limits,
+            shutdown_timeout=shutdown_timeout,
+            max_in_flight=max_in_flight,
             max_retries=max_retries,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
             max_message_size=max_message_size,
-            shutdown_timeout=shutdown_timeout,
         )
-        self.max_in_flight = integer(type(self).__name__, "max_in_flight", max_in_flight, minimum=1)
         self._broker = broker
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = asyncio.Semaphore(self.max_in_flight)
         self._loop_task: asyncio.Task[None] | None = None
 
     async def _open(self) -> None:

@@ -30,7 +30,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from streamtools._base import Capabilities
 from streamtools._codec import Metadata, type_name
 from streamtools._delivery import DeliveryLost, Incoming, QueuedConsumer
-from streamtools._settings import integer, seconds
+from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, seconds
 from streamtools._types import Queue, T
 from streamtools._window import SettleWindow
 from streamtools.transports.kafka._endpoint import KafkaEndpoint
@@ -134,9 +134,9 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
     """A member of the queue's consumer group; commits offsets of settled records only.
 
     Connection settings as on `KafkaProducer`; `group=` (else `KAFKA_GROUP`, else the queue
-    name), `max_in_flight=` handlers at once, `max_retries=`, `retry_delay=`,
-    `max_retry_delay=`, `shutdown_timeout=`, `session_timeout=` (seconds before the group
-    gives a silent member's partitions to the others).
+    name), `retry=` (a RetryPolicy), `limits=` (Limits: `max_in_flight` handlers at once,
+    also the records per poll and per commit), `shutdown_timeout=`, `session_timeout=`
+    (seconds before the group gives a silent member's partitions to the others).
     """
 
     capabilities = Capabilities(
@@ -156,25 +156,31 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         sasl_password: str | None = None,
         connect_timeout: float = 10.0,
         group: str | None = None,
-        max_in_flight: int = 16,
-        max_retries: int = 3,
-        retry_delay: float = 1.0,
-        max_retry_delay: float = 60.0,
-        max_message_size: int = 1024 * 1024,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
         session_timeout: float = 10.0,
         idempotence: bool | None = None,
         partitions: int = 3,
         replication_factor: int | None = None,
+        # deprecated, for one release: retry=RetryPolicy(...), limits=Limits(...)
+        max_in_flight: int | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        max_retry_delay: float | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         super().__init__(
             queue,
             message_type=message_type,
+            retry=retry,
+            limits=limits,
+            shutdown_timeout=shutdown_timeout,
+            max_in_flight=max_in_flight,
             max_retries=max_retries,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
             max_message_size=max_message_size,
-            shutdown_timeout=shutdown_timeout,
         )
         self._connect(
             f"consumer {self.queue.name}",
@@ -191,7 +197,6 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         )
         owner = type(self).__name__
         self.session_timeout = seconds(owner, "session_timeout", session_timeout, positive=True)
-        self.max_in_flight = integer(owner, "max_in_flight", max_in_flight, minimum=1)
         self.group = group or os.environ.get("KAFKA_GROUP") or self.queue.name
         self._consumer: aiokafka.AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, _Partition] = {}

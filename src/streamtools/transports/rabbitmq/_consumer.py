@@ -25,7 +25,7 @@ from streamtools._binding import CE, content_type
 from streamtools._codec import Metadata, type_name
 from streamtools._delivery import QueuedConsumer
 from streamtools._foreign.aiormq import is_consuming, on_consumer_cancel
-from streamtools._settings import integer
+from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy
 from streamtools._types import Queue, T
 from streamtools._window import SettleWindow
 from streamtools.transports.rabbitmq._errors import _map_errors, _reason
@@ -43,10 +43,10 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
     """Competing consumer on a RabbitMQ queue; acks after the handler returns.
 
     The delivery policy is the core's (see `streamtools._delivery`): retries go through
-    `<queue>.retry.<n>` with exponential backoff (`retry_delay`, doubling up to
-    `max_retry_delay`) up to `max_retries` times, then the message goes to `<queue>.dlq`
-    with the error in headers; an invalid message goes there at once. `prefetch` bounds the
-    unacked deliveries (and so the handlers running at once). After a lost connection the
+    `<queue>.retry.<n>` with exponential backoff as `retry=` (a RetryPolicy) says, then the
+    message goes to `<queue>.dlq` with the error in headers; an invalid message goes there at
+    once. `limits=Limits(max_in_flight=...)` is the prefetch: it bounds the unacked
+    deliveries (and so the handlers running at once). After a lost connection the
     consumer re-subscribes by itself.
 
     Deliveries are taken straight from aiormq's frames (`basic_consume` on the channel under
@@ -70,28 +70,34 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
         url: str | Sequence[str] | None = None,
         ssl: _ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
-        prefetch: int = 64,
-        max_retries: int = 3,
-        retry_delay: float = 1.0,
-        max_retry_delay: float = 60.0,
-        max_message_size: int = 1024 * 1024,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
         queue_type: QueueType = "quorum",
         failover: Failover | None = None,
+        # deprecated, for one release: retry=RetryPolicy(...), limits=Limits(...)
+        prefetch: int | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        max_retry_delay: float | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         super().__init__(
             queue,
             message_type=message_type,
+            retry=retry,
+            limits=limits,
+            shutdown_timeout=shutdown_timeout,
+            prefetch=prefetch,
             max_retries=max_retries,
             retry_delay=retry_delay,
             max_retry_delay=max_retry_delay,
             max_message_size=max_message_size,
-            shutdown_timeout=shutdown_timeout,
         )
         self._settings = _settings(
             type(self).__name__, url, ssl, connect_timeout, queue_type, failover
         )
-        self.prefetch = integer(type(self).__name__, "prefetch", prefetch, minimum=1)
+        self.prefetch = self.max_in_flight  # AMQP's name: the unacked deliveries at once
         self._link = _Link(self._settings, f"consumer {self.queue.name}")
         # The robust channel the queue is consumed on, and the aiormq channel under it that
         # the subscription lives on now (a new one after every reopen).
