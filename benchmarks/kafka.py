@@ -41,6 +41,7 @@ from benchmarks.harness import (
     Workload,
 )
 from examples.contracts import OrderCreated
+from streamtools import Limits
 from streamtools._codec import default_source, new_metadata
 from streamtools.transports.kafka import KafkaConsumer, KafkaProducer
 from streamtools.transports.kafka._client import NO_IDEMPOTENCE
@@ -273,7 +274,7 @@ def consume_cases(count: int) -> list[Case]:
             message_type=OrderCreated,
             bootstrap_servers=servers(),
             group=group,
-            max_in_flight=PREFETCH,
+            limits=Limits(max_in_flight=PREFETCH),
         )
 
         @consumer()

@@ -43,6 +43,7 @@ from benchmarks.harness import (
     Workload,
 )
 from examples.contracts import OrderCreated
+from streamtools import Limits
 from streamtools.transports.rabbitmq import RabbitMQConsumer, RabbitMQProducer
 
 _encoder = msgspec.json.Encoder()
@@ -261,7 +262,7 @@ def consume_cases(count: int) -> list[Case]:
         await fill(queue)
         done = _Done(count)
         consumer = RabbitMQConsumer(
-            queue, message_type=OrderCreated, url=RMQ_URL, prefetch=PREFETCH
+            queue, message_type=OrderCreated, url=RMQ_URL, limits=Limits(max_in_flight=PREFETCH)
         )
 
         @consumer()
@@ -397,7 +398,10 @@ def latency_cases(count: int) -> list[Case]:
         arrivals: asyncio.Queue[float] = asyncio.Queue()
         producer = RabbitMQProducer(queues["st"], message_type=OrderCreated, url=RMQ_URL)
         consumer = RabbitMQConsumer(
-            queues["st"], message_type=OrderCreated, url=RMQ_URL, prefetch=PREFETCH
+            queues["st"],
+            message_type=OrderCreated,
+            url=RMQ_URL,
+            limits=Limits(max_in_flight=PREFETCH),
         )
 
         @consumer()

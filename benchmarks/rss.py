@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.common import RMQ_URL, WINDOW, delete_queues, orders, unique
 from benchmarks.harness import RSS, Case, Contender, Workload, loop_factory, running_loop
 from examples.contracts import OrderCreated
-from streamtools import Producer
+from streamtools import Limits, Producer
 
 MiB = 1024 * 1024
 TRANSPORTS = ("memory", "rabbitmq", "http", "kafka")
@@ -135,7 +135,9 @@ async def _rabbitmq(warm: int, total: int) -> dict[str, float]:
     pool = orders(1000)
     handled = _Counter()
     name = unique("rss")
-    consumer = RabbitMQConsumer(name, message_type=OrderCreated, url=RMQ_URL, prefetch=128)
+    consumer = RabbitMQConsumer(
+        name, message_type=OrderCreated, url=RMQ_URL, limits=Limits(max_in_flight=128)
+    )
 
     @consumer()
     async def handle(msg: OrderCreated) -> None:
@@ -193,7 +195,11 @@ async def _kafka(warm: int, total: int) -> dict[str, float]:
     name = topic_name("rss")
     where = servers()  # the parent's broker (KAFKA_BOOTSTRAP_SERVERS), else a Tansu of its own
     consumer = KafkaConsumer(
-        name, message_type=OrderCreated, bootstrap_servers=where, group=name, max_in_flight=128
+        name,
+        message_type=OrderCreated,
+        bootstrap_servers=where,
+        group=name,
+        limits=Limits(max_in_flight=128),
     )
 
     @consumer()

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from benchmarks.harness import Case, Contender, time_ops
-from streamtools import Queue, _telemetry, configure_tracing, enable_metrics
+from streamtools import Limits, Queue, _telemetry, configure_tracing, enable_metrics
 from streamtools.transports.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 
 
@@ -75,7 +75,7 @@ async def _round_trip(count: int) -> tuple[int, float]:
     queue = Queue("bench.telemetry", Tick)
     done = asyncio.Event()
     handled = 0
-    consumer = MemoryConsumer(queue, broker=broker, max_in_flight=64)
+    consumer = MemoryConsumer(queue, broker=broker, limits=Limits(max_in_flight=64))
 
     @consumer()
     async def handle(msg: Tick) -> None:

@@ -232,6 +232,8 @@ def test_a_keyword_the_transport_does_not_take_is_a_configuration_error(transpor
         ("RMQIOHandler", "retry_delay", 0.5, "retry=RetryPolicy(delay=0.5)"),
         ("KafkaHandler", "max_retry_delay", 9.0, "retry=RetryPolicy(max_delay=9.0)"),
         ("KafkaHandler", "max_message_size", 10, "limits=Limits(max_message_size=10)"),
+        ("HTTPHandler", "max_body_size", 10, "limits=Limits(max_message_size=10)"),
+        ("HTTPHandler", "max_in_flight", 7, "limits=Limits(max_in_flight=7)"),
     ],
 )
 def test_an_old_keyword_still_works_for_one_release_with_a_warning_at_the_caller(
@@ -243,10 +245,35 @@ def test_an_old_keyword_still_works_for_one_release_with_a_warning_at_the_caller
     cls = type(consumer).__name__
     assert str(warning.message) == f"{cls}: {old}= is deprecated, pass {new} instead"
     assert warning.filename == __file__  # points at the user's constructor call
-    assert isinstance(consumer, QueuedConsumer)
     field = new.split("(")[1].split("=")[0]
-    holder = consumer.retry if new.startswith("retry") else consumer.limits
+    holder = getattr(consumer, new.split("=")[0])  # .retry or .limits
     assert getattr(holder, field) == value
+
+
+@pytest.mark.parametrize(
+    ("old", "value", "new", "attribute", "expected"),
+    [
+        ("timeout", 5.0, "send_timeout=5.0", "send_timeout", 5.0),
+        ("retries", 7, "resend=RetryPolicy(attempts=7)", "resend", RetryPolicy(7, 0.1, 5.0)),
+        ("retry_backoff", 0.5, "resend=RetryPolicy(delay=0.5)", "resend", RetryPolicy(3, 0.5, 5.0)),
+        (
+            "max_retry_backoff",
+            9,
+            "resend=RetryPolicy(max_delay=9)",
+            "resend",
+            RetryPolicy(3, 0.1, 9),
+        ),
+    ],
+)
+def test_the_http_producers_old_keywords_still_work_with_a_warning_at_the_caller(
+    old: str, value: object, new: str, attribute: str, expected: object
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"is deprecated") as record:
+        producer = PRODUCERS["HTTPHandler"]("orders", **{old: value})
+    [warning] = record
+    assert str(warning.message) == f"HTTPProducer: {old}= is deprecated, pass {new} instead"
+    assert warning.filename == __file__
+    assert getattr(producer, attribute) == expected
 
 
 def test_rabbitmq_refuses_http_settings_with_the_list_it_takes() -> None:

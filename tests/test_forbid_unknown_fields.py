@@ -27,6 +27,7 @@ from streamtools import (
     DeliveryError,
     Metadata,
     Queue,
+    RetryPolicy,
     current_metadata,
 )
 from streamtools.codegen import generate
@@ -106,7 +107,11 @@ async def test_an_unknown_field_is_refused_and_named(
     await consumer.start()
     producer_settings = dict(settings)
     if name == HTTP:
-        producer_settings = {"host": "127.0.0.1", "port": consumer.port, "retries": 1}  # type: ignore[attr-defined]
+        producer_settings = {
+            "host": "127.0.0.1",
+            "port": consumer.port,  # type: ignore[attr-defined]
+            "resend": RetryPolicy(attempts=1),
+        }
     # An untyped producer on the same queue sends what a peer with a newer schema might.
     raw = PRODUCERS[name](queue.name, **producer_settings)
     typed = PRODUCERS[name](queue, **producer_settings)

@@ -30,6 +30,7 @@ from streamtools._codec import (
     new_metadata,
 )
 from streamtools._contracts import resolve_queue
+from streamtools._settings import DEPRECATED
 from streamtools._types import Handler, Queue, R, T
 from streamtools.errors import (
     ConfigurationError,
@@ -93,7 +94,8 @@ class _Endpoint(abc.ABC):
         if unknown:
             raise ConfigurationError(
                 f"{cls.__name__} ({cls.transport or 'no transport'}) takes no setting "
-                f"{', '.join(sorted(unknown))}; it accepts: {', '.join(sorted(cls.settings))}"
+                f"{', '.join(sorted(unknown))}; it accepts: "
+                f"{', '.join(sorted(cls.settings - DEPRECATED))}"
             )
         return super().__new__(cls)
 

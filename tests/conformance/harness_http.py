@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streamtools import Consumer
+from streamtools import Consumer, RetryPolicy
 from tests.conformance.conftest import Harness
 from tests.conftest import free_port
 
@@ -17,7 +17,7 @@ HARNESS_NAME = "HTTPHandler"
 def _producer_settings(consumer: Consumer[Any] | None) -> dict[str, object]:
     # No consumer: a port nobody listens on, so a send fails with ConnectError at once.
     port = free_port() if consumer is None else consumer.port  # type: ignore[attr-defined]
-    return {"host": "127.0.0.1", "port": port, "retries": 1, "retry_backoff": 0.01}
+    return {"host": "127.0.0.1", "port": port, "resend": RetryPolicy(attempts=1, delay=0.01)}
 
 
 async def _send_foreign(consumer: Consumer[Any], body: bytes, headers: dict[str, object]) -> None:

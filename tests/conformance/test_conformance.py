@@ -699,7 +699,7 @@ async def test_a_foreign_attempt_header_cannot_skip_the_retries(harness: Harness
 
 async def test_a_message_over_max_message_size_is_dead_lettered_unread(harness: Harness) -> None:
     if not harness.capabilities.dead_letter:
-        pytest.skip("transport has no dead-letter queue (HTTP: max_body_size, 413)")
+        pytest.skip("transport has no dead-letter queue (HTTP: limits.max_message_size, 413)")
     queue = new_queue()
     consumer, got = collecting_consumer_with(harness, queue, limits=Limits(max_message_size=300))
     await consumer.start()

@@ -33,9 +33,11 @@ from streamtools import (
     ConnectError,
     DeliveryError,
     EncodeError,
+    Limits,
     Metadata,
     Queue,
     ReplyTimeoutError,
+    RetryPolicy,
     current_metadata,
 )
 from streamtools._health import Answer, ServesPort
@@ -126,10 +128,16 @@ def order_consumer(queue_name: str, **settings: Any) -> HTTPConsumer[Order]:
     return HTTPConsumer(Queue(queue_name, Order), host="127.0.0.1", port=0, **settings)
 
 
-def producer_for(consumer: HTTPConsumer[Any], **settings: Any) -> HTTPProducer[Order]:
-    settings = {"retry_backoff": 0.01, **settings}
+def producer_for(
+    consumer: HTTPConsumer[Any], *, attempts: int = 3, max_delay: float = 5.0, **settings: Any
+) -> HTTPProducer[Order]:
+    """A producer to `consumer` that sends again quickly (0.01 s), `attempts` more times."""
     return HTTPProducer(
-        Queue(consumer.queue.name, Order), host="127.0.0.1", port=consumer.port, **settings
+        Queue(consumer.queue.name, Order),
+        host="127.0.0.1",
+        port=consumer.port,
+        resend=RetryPolicy(attempts=attempts, delay=0.01, max_delay=max_delay),
+        **settings,
     )
 
 
@@ -490,7 +498,7 @@ async def test_bad_input_gets_its_status_and_json_error_then_serving_goes_on(
     status: int,
     expected: dict[str, str],
 ) -> None:
-    consumer = order_consumer(queue_name, token="s3cret", max_body_size=1024)
+    consumer = order_consumer(queue_name, token="s3cret", limits=Limits(max_message_size=1024))
     handled: list[Order] = []
 
     async def handle(msg: Order) -> None:
@@ -565,7 +573,7 @@ async def test_busy_port_is_a_configuration_error(queue_name: str) -> None:
 async def test_streamed_body_over_the_limit_gets_413(
     queue_name: str, client: aiohttp.ClientSession
 ) -> None:
-    consumer = order_consumer(queue_name, max_body_size=1000)
+    consumer = order_consumer(queue_name, limits=Limits(max_message_size=1000))
 
     @consumer()
     async def handle(msg: Order) -> None:
@@ -589,7 +597,7 @@ async def test_streamed_body_over_the_limit_gets_413(
 async def test_chunked_body_that_arrived_whole_is_held_to_the_limit(
     queue_name: str, size: int, status: int
 ) -> None:
-    consumer = order_consumer(queue_name, max_body_size=1000)
+    consumer = order_consumer(queue_name, limits=Limits(max_message_size=1000))
     consumer()(_noop)
     body = order_json()
     body += b" " * (size - len(body))  # JSON allows trailing whitespace
@@ -625,11 +633,11 @@ async def _raw_exchange(port: int, head: str, body: bytes) -> bytes:
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked", "chunked-read-in-a-loop"])
 @pytest.mark.parametrize(("extra", "status"), [(0, 204), (1, 413)])
-async def test_a_body_of_exactly_max_body_size_passes_one_more_byte_is_413(
+async def test_a_body_of_exactly_max_message_size_passes_one_more_byte_is_413(
     queue_name: str, framing: str, extra: int, status: int
 ) -> None:
     limit = 1000
-    consumer = order_consumer(queue_name, max_body_size=limit)
+    consumer = order_consumer(queue_name, limits=Limits(max_message_size=limit))
     consumer()(_noop)
     body = order_json()
     body += b" " * (limit + extra - len(body))  # JSON allows trailing whitespace
@@ -657,7 +665,7 @@ async def test_413_is_answered_before_the_upload_is_complete(queue_name: str) ->
     # The headers announce 100 MB; 100 bytes (under the limit) follow, and then nothing.
     # Only a server that refuses on the Content-Length answers: one that reads first
     # waits for the rest of the body, which never comes (and the bounded read fails).
-    consumer = order_consumer(queue_name, max_body_size=1000)
+    consumer = order_consumer(queue_name, limits=Limits(max_message_size=1000))
     consumer()(_noop)
     async with serving(consumer):
         reader, writer = await asyncio.open_connection("127.0.0.1", consumer.port)
@@ -953,7 +961,7 @@ async def test_retry_after_503_keeps_the_id_and_the_handler_runs_once(queue_name
     async with (
         serving(consumer),
         front(consumer.url, first_fails) as (url, seen),
-        producer_for(consumer, retries=3) as producer,
+        producer_for(consumer, attempts=3) as producer,
     ):
         order = make_order()
         receipt = await producer.request(order, reply_type=Receipt, endpoint=url)
@@ -974,7 +982,7 @@ async def test_persistent_503_raises_delivery_error_after_the_retries(queue_name
     async with (
         serving(consumer),
         front(consumer.url, always) as (url, seen),
-        producer_for(consumer, retries=2) as producer,
+        producer_for(consumer, attempts=2) as producer,
     ):
         with pytest.raises(DeliveryError) as info:
             await producer.send(make_order(), endpoint=url)
@@ -987,7 +995,7 @@ async def test_persistent_503_raises_delivery_error_after_the_retries(queue_name
 async def test_client_errors_are_not_retried(queue_name: str) -> None:
     consumer = order_consumer(queue_name)
     consumer()(_noop)
-    async with serving(consumer), producer_for(consumer, retries=3) as producer:
+    async with serving(consumer), producer_for(consumer, attempts=3) as producer:
         with pytest.raises(DeliveryError) as info:
             await producer.send(make_order(), endpoint=consumer.url + "-missing")
     assert info.value.status == 404
@@ -998,7 +1006,10 @@ async def test_client_errors_are_not_retried(queue_name: str) -> None:
 async def test_no_server_raises_connection_error_naming_host_and_port() -> None:
     port = free_port()
     producer = HTTPProducer(
-        Queue("nobody", Order), host="127.0.0.1", port=port, retries=2, retry_backoff=0.01
+        Queue("nobody", Order),
+        host="127.0.0.1",
+        port=port,
+        resend=RetryPolicy(attempts=2, delay=0.01),
     )
     async with producer:
         with pytest.raises(ConnectError, match=f"127.0.0.1:{port}") as info:
@@ -1059,7 +1070,7 @@ async def test_tls_round_trip_and_untrusted_certificate(
                 order_id=order.order_id, total=9
             )
         async with producer_for(
-            consumer, ssl=ssl.create_default_context(), retries=3
+            consumer, ssl=ssl.create_default_context(), attempts=3
         ) as untrusting:
             with pytest.raises(ConnectError, match="TLS"):
                 await untrusting.send(make_order())
@@ -1082,7 +1093,7 @@ async def test_close_lets_in_flight_finish_and_refuses_new_requests(
         return Receipt(order_id=msg.order_id, total=1)
 
     await consumer.start()
-    producer = producer_for(consumer, retries=0)
+    producer = producer_for(consumer, attempts=0)
     async with producer:
         order = make_order()
         in_flight = asyncio.create_task(producer.request(order, reply_type=Receipt))
@@ -1138,7 +1149,10 @@ async def test_early_413_to_a_client_still_uploading_does_not_stall_close(queue_
     # Lingering and shutdown bounds far above the wait below: only ending the lingering read
     # of the refused upload lets close() return in time.
     consumer = order_consumer(
-        queue_name, max_body_size=1000, lingering_time=600, shutdown_timeout=600
+        queue_name,
+        limits=Limits(max_message_size=1000),
+        lingering_time=600,
+        shutdown_timeout=600,
     )
     consumer()(_noop)
     await consumer.start()
@@ -1192,14 +1206,14 @@ def test_settings_are_validated_with_clear_errors(monkeypatch: pytest.MonkeyPatc
         ConfigurationError, match=r"^HTTPProducer: port must be an int in 1\.\.65535, got 0$"
     ):
         HTTPProducer(queue, port=0)
-    with pytest.raises(ConfigurationError, match=r"^HTTPProducer: retries must be an int >= 0"):
-        HTTPProducer(queue, retries=-1)
-    with pytest.raises(ConfigurationError, match=r"^HTTPProducer: timeout must be seconds > 0"):
-        HTTPProducer(queue, timeout=0)
+    with pytest.raises(ConfigurationError, match=r"^HTTPProducer: resend must be a RetryPolicy"):
+        HTTPProducer(queue, resend=3)  # type: ignore[arg-type]
     with pytest.raises(
-        ConfigurationError, match=r"^HTTPConsumer: max_body_size must be an int >= 1, got '5'$"
+        ConfigurationError, match=r"^HTTPProducer: send_timeout must be seconds > 0"
     ):
-        HTTPConsumer(queue, max_body_size="5")  # type: ignore[arg-type]
+        HTTPProducer(queue, send_timeout=0)
+    with pytest.raises(ConfigurationError, match=r"^HTTPConsumer: limits must be a Limits, got 5$"):
+        HTTPConsumer(queue, limits=5)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"^HTTPConsumer: dedup_max_bytes must be an int"):
         HTTPConsumer(queue, dedup_max_bytes=0)
     with pytest.raises(ConfigurationError, match=r"^HTTPConsumer: lingering_time must be seconds"):
@@ -1306,7 +1320,7 @@ async def test_request_timeout_bounds_the_retries_too(queue_name: str) -> None:
     async with (
         serving(consumer),
         front(consumer.url, always) as (url, seen),
-        producer_for(consumer, retries=1_000_000, max_retry_backoff=0.05) as producer,
+        producer_for(consumer, attempts=1_000_000, max_delay=0.05) as producer,
     ):
         with pytest.raises(ReplyTimeoutError, match=r"within 0\.5 s \(retries included\)"):
             async with asyncio.timeout(WAIT):

@@ -18,7 +18,7 @@ import msgspec
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from streamtools import Queue
+from streamtools import Limits, Queue
 from streamtools.transports.http import HTTPConsumer
 from streamtools.transports.http._negotiation import query_text as _query_text
 from tests.conftest import unique_name
@@ -141,7 +141,10 @@ def served(
     """One consumer of Order (GET and POST) and a client, on an event loop this test owns."""
     handled: list[Order] = []
     consumer = HTTPConsumer(
-        Queue(unique_name("st-fuzz"), Order), host="127.0.0.1", port=0, max_body_size=max_body_size
+        Queue(unique_name("st-fuzz"), Order),
+        host="127.0.0.1",
+        port=0,
+        limits=Limits(max_message_size=max_body_size),
     )
 
     async def handle(msg: Order) -> Order:

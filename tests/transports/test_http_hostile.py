@@ -22,7 +22,7 @@ import msgspec
 import pytest
 import trustme
 
-from streamtools import Queue
+from streamtools import Limits, Queue
 from streamtools.transports.http import HTTPConsumer
 from tests.conftest import unique_name
 
@@ -99,7 +99,7 @@ def make() -> Callable[..., HTTPConsumer[Note]]:
 
 @pytest.fixture
 async def served(make: Callable[..., HTTPConsumer[Note]]) -> AsyncIterator[HTTPConsumer[Note]]:
-    consumer = make(max_body_size=64 * 1024)
+    consumer = make(limits=Limits(max_message_size=64 * 1024))
     consumer.seen = []  # type: ignore[attr-defined]
 
     @consumer()
@@ -386,7 +386,7 @@ async def test_a_slow_body_is_408_and_an_idle_keep_alive_connection_closes(
 async def test_handlers_in_flight_are_bounded_even_when_their_clients_left(
     make: Callable[..., HTTPConsumer[Note]],
 ) -> None:
-    consumer = make(max_in_flight=3)
+    consumer = make(limits=Limits(max_in_flight=3))
     gate = asyncio.Event()
     started: list[int] = []
     three = asyncio.Event()

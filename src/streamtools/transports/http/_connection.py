@@ -49,7 +49,7 @@ _MAX_DETAIL: Final = 300
 
 
 @dataclass(frozen=True)
-class Limits:
+class ConnectionLimits:
     """What one server allows each connection (set by the consumer that starts it)."""
 
     max_connections: int
@@ -253,9 +253,9 @@ class Connection(foreign.RequestHandler):
 
 
 class ConnectionServer(foreign.Server):
-    """aiohttp's low-level server making `Connection`s, within `Limits`."""
+    """aiohttp's low-level server making `Connection`s, within `ConnectionLimits`."""
 
-    def __init__(self, handler: Any, limits: Limits, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(
             handler,
             # No access log: an `AnswerCounter` in its place counts each connection's answers.

@@ -19,6 +19,7 @@ from streamtools._base import Capabilities, Consumer, Route, encode_reply
 from streamtools._binding import ATTEMPT_HEADER, CE
 from streamtools._codec import CONTENT_TYPES, JSON, SPECVERSION, Metadata, type_name
 from streamtools._health import Endpoint
+from streamtools._settings import DEFAULT_LIMITS, Limits
 from streamtools._types import Queue, T
 from streamtools.errors import (
     ConfigurationError,
@@ -28,7 +29,7 @@ from streamtools.errors import (
 )
 from streamtools.transports.http import _config
 from streamtools.transports.http._body import Pending, buffered_body, encoding, read_body
-from streamtools.transports.http._connection import Connection, Limits
+from streamtools.transports.http._connection import Connection, ConnectionLimits
 from streamtools.transports.http._dedup import Dedup
 from streamtools.transports.http._negotiation import accepted, body_type, converter
 from streamtools.transports.http._outcome import (
@@ -72,7 +73,7 @@ class HTTPConsumer(Consumer[T]):
     GET and POST on a queue) are served on one port; `GET /healthz` lists them.
 
     `@consumer(method="POST"|"GET")` registers a handler (one per method). Request bodies
-    over `max_body_size` bytes are refused with 413 before they are read; `token=` (else
+    over `limits.max_message_size` bytes are refused with 413 before they are read; `token=` (else
     `STREAMTOOLS_HTTP_TOKEN`) requires `Authorization: Bearer <token>`; `ssl=` serves TLS.
     The outcomes of recently handled messages, identified by (`ce-source`, `ce-id`), are
     kept (at most `dedup_window` of them and `dedup_max_bytes` of reply bodies and keys),
@@ -81,7 +82,7 @@ class HTTPConsumer(Consumer[T]):
     drops the rest of a refused upload (undecoded) so that the client sees the error;
     `close()` ends such reads at once.
 
-    Limits per client: at most `max_in_flight` requests are handled at once (beyond, 503
+    Limits per client: at most `limits.max_in_flight` requests are handled at once (beyond, 503
     with `Retry-After`; a handler whose client left still counts until it ends); a
     request's headers must arrive within `header_timeout` seconds of its first byte (and a
     new connection's first request within it of connecting), its body within
@@ -114,16 +115,18 @@ class HTTPConsumer(Consumer[T]):
         port: int | None = None,
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
-        max_body_size: int = 1024 * 1024,
+        limits: Limits = DEFAULT_LIMITS,
         dedup_window: int = 10_000,
         dedup_max_bytes: int = 16 * 1024 * 1024,
         lingering_time: float = 2.0,
-        max_in_flight: int = 256,
         header_timeout: float = 10.0,
         body_timeout: float = 30.0,
         keepalive_timeout: float = 75.0,
         max_connections: int | None = None,
         shutdown_timeout: float = 30.0,
+        # deprecated, for one release: limits=Limits(max_message_size=..., max_in_flight=...)
+        max_body_size: int | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
         owner = type(self).__name__
@@ -134,13 +137,20 @@ class HTTPConsumer(Consumer[T]):
         self.host = _config.env_host(owner, host)
         self._port = _config.env_port(owner, port, allow_zero=True)
         self.ssl = _config.check_ssl(owner, ssl)
-        self.max_body_size = _settings.integer(owner, "max_body_size", max_body_size, minimum=1)
+        _, self.limits = _settings.policy(
+            owner,
+            _settings.DEFAULT_RETRY,
+            limits,
+            {"max_body_size": max_body_size, "max_in_flight": max_in_flight},
+            stacklevel=3,
+        )
+        self.max_body_size = self.limits.max_message_size
+        self.max_in_flight = self.limits.max_in_flight
         window = _settings.integer(owner, "dedup_window", dedup_window, minimum=0)
         max_bytes = _settings.integer(owner, "dedup_max_bytes", dedup_max_bytes, minimum=1)
         self.lingering_time = _settings.seconds(
             owner, "lingering_time", lingering_time, positive=True
         )
-        self.max_in_flight = _settings.integer(owner, "max_in_flight", max_in_flight, minimum=1)
         self.header_timeout = _settings.seconds(
             owner, "header_timeout", header_timeout, positive=True
         )
@@ -206,7 +216,7 @@ class HTTPConsumer(Consumer[T]):
         self.routes.append(route)
 
     async def _open(self) -> None:
-        limits = Limits(
+        limits = ConnectionLimits(
             max_connections=self.max_connections,
             header_timeout=self.header_timeout,
             keepalive_timeout=self.keepalive_timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import ssl as ssl_module
@@ -21,6 +22,7 @@ from streamtools._binding import CE
 from streamtools._codec import JSON, Codec, Metadata, codec_for
 from streamtools._deadlines import Deadlines
 from streamtools._delivery import backoff_delay
+from streamtools._settings import RetryPolicy
 from streamtools._types import Queue, T
 from streamtools.errors import (
     ConfigurationError,
@@ -101,6 +103,40 @@ class _Target:
     codec: Codec[Any]
 
 
+RESEND: Final = RetryPolicy(attempts=3, delay=0.1, max_delay=5.0)
+"""The HTTP producer's default `resend=`: quick, since the server answers at once."""
+
+
+def _resend_policy(
+    owner: str,
+    resend: object,
+    retries: int | None,
+    retry_backoff: float | None,
+    max_retry_backoff: float | None,
+) -> RetryPolicy:
+    """`resend=`, or the RetryPolicy the deprecated `retries=`/`retry_backoff=`/
+    `max_retry_backoff=` describe (with a DeprecationWarning each)."""
+    if not isinstance(resend, RetryPolicy):
+        raise ConfigurationError(f"{owner}: resend must be a RetryPolicy, got {resend!r}")
+    old = {"attempts": retries, "delay": retry_backoff, "max_delay": max_retry_backoff}
+    given: dict[str, Any] = {field: value for field, value in old.items() if value is not None}
+    if not given:
+        return resend
+    names = {"attempts": "retries", "delay": "retry_backoff", "max_delay": "max_retry_backoff"}
+    for field, value in given.items():
+        _settings.renamed(
+            owner, names[field], f"resend=RetryPolicy({field}={value!r})", stacklevel=4
+        )
+    if resend != RESEND:
+        raise ConfigurationError(
+            f"{owner}: pass resend= or {', '.join(names[f] for f in given)}=, not both"
+        )
+    try:
+        return dataclasses.replace(resend, **given)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{owner}: {exc}") from None
+
+
 class HTTPProducer(Producer[T]):
     """Sends messages to an `HTTPConsumer` as HTTP requests.
 
@@ -110,10 +146,10 @@ class HTTPProducer(Producer[T]):
     The environment is read once, here. `token=` (else `STREAMTOOLS_HTTP_TOKEN`) is sent as a
     bearer token; `ssl=` makes the default endpoint https and verifies with that context.
 
-    `timeout` bounds each attempt, `connect_timeout` each connect. Connection errors and
-    502/503/504 answers are retried `retries` times with exponential backoff and jitter
-    (`retry_backoff` doubling up to `max_retry_backoff` seconds), always with the same
-    `ce-id`, so the consumer runs the handler once. Another error status raises
+    `send_timeout` bounds each attempt, `connect_timeout` each connect. Connection errors and
+    502/503/504 answers are sent again as `resend=` says (a RetryPolicy: by default 3 more
+    attempts, 0.1 s doubling up to 5 s, with jitter), always with the same `ce-id`, so the
+    consumer runs the handler once. Another error status raises
     DeliveryError with the status and the consumer's error body; no connection after the
     retries raises ConnectError.
 
@@ -136,27 +172,29 @@ class HTTPProducer(Producer[T]):
         port: int | None = None,
         token: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
-        timeout: float = 30.0,
+        send_timeout: float = 30.0,
         connect_timeout: float = 10.0,
-        retries: int = 3,
-        retry_backoff: float = 0.1,
-        max_retry_backoff: float = 5.0,
+        resend: RetryPolicy = RESEND,
         max_connections: int = 100,
+        # deprecated, for one release: send_timeout=, resend=RetryPolicy(...)
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_backoff: float | None = None,
+        max_retry_backoff: float | None = None,
     ) -> None:
         super().__init__(queue, message_type=message_type, source=source, validate=validate)
         owner = type(self).__name__
         self.host = _config.env_host(owner, host)
         self.port = _config.env_port(owner, port, allow_zero=False)
         self.ssl = _config.check_ssl(owner, ssl)
-        self.timeout = _settings.seconds(owner, "timeout", timeout, positive=True)
+        if timeout is not None:
+            _settings.renamed(owner, "timeout", f"send_timeout={timeout!r}")
+            send_timeout = timeout
+        self.send_timeout = _settings.seconds(owner, "send_timeout", send_timeout, positive=True)
         self.connect_timeout = _settings.seconds(
             owner, "connect_timeout", connect_timeout, positive=True
         )
-        self.retry_backoff = _settings.seconds(owner, "retry_backoff", retry_backoff, positive=True)
-        self.max_retry_backoff = _settings.seconds(
-            owner, "max_retry_backoff", max_retry_backoff, positive=True
-        )
-        self.retries = _settings.integer(owner, "retries", retries, minimum=0)
+        self.resend = _resend_policy(owner, resend, retries, retry_backoff, max_retry_backoff)
         self.max_connections = _settings.integer(
             owner, "max_connections", max_connections, minimum=1
         )
@@ -305,7 +343,7 @@ class HTTPProducer(Producer[T]):
         try:
             while True:
                 attempt += 1
-                wait = whole if whole is not None else deadlines.start(self.timeout)
+                wait = whole if whole is not None else deadlines.start(self.send_timeout)
                 try:
                     try:
                         resp = await session.request(target.method, url, data=data, headers=headers)
@@ -331,9 +369,9 @@ class HTTPProducer(Producer[T]):
                         raise self._delivery_error(target, url, status, reply)
                     return status, reply, content_type
                 except (ConnectError, DeliveryError) as exc:
-                    if attempt > self.retries or not _retryable(exc):
+                    if attempt > self.resend.attempts or not _retryable(exc):
                         raise
-                    delay = backoff_delay(attempt, self.retry_backoff, self.max_retry_backoff)
+                    delay = backoff_delay(attempt, self.resend.delay, self.resend.max_delay)
                     logger.debug(
                         "retrying message %s in %.2f s: %s",
                         meta.id,

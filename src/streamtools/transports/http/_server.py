@@ -35,8 +35,8 @@ from streamtools._types import Queue
 from streamtools.errors import ConfigurationError
 from streamtools.transports.http._connection import (
     Connection,
+    ConnectionLimits,
     ConnectionServer,
-    Limits,
     throttle_accept_errors,
 )
 from streamtools.transports.http._negotiation import json_encoder
@@ -170,7 +170,7 @@ class SharedServer:
     host: str
     port: int
     ssl: ssl_module.SSLContext | None
-    limits: Limits
+    limits: ConnectionLimits
     key: tuple[str, int] | None
     routes: Routes
     refs: int = 0
@@ -184,7 +184,7 @@ class SharedServer:
 
     @classmethod
     def acquire(
-        cls, host: str, port: int, ssl: ssl_module.SSLContext | None, limits: Limits
+        cls, host: str, port: int, ssl: ssl_module.SSLContext | None, limits: ConnectionLimits
     ) -> SharedServer:
         """The server on host:port of this loop, made if there is none (or it is stopping)."""
         per_loop = _servers.setdefault(asyncio.get_running_loop(), {})
