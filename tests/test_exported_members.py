@@ -115,3 +115,18 @@ def test_public_classes_report_streamtools_as_their_module() -> None:
             assert member.__module__ == "streamtools", name
             assert repr(member) == f"<class 'streamtools.{name}'>"
     assert streamtools.current_metadata.__module__ == "streamtools"
+
+
+def test_transport_classes_report_the_package_users_import_them_from() -> None:
+    import importlib
+    from typing import Any
+
+    from streamtools import CONSUMER_LOOPS, PRODUCERS
+
+    registries: tuple[Any, ...] = (PRODUCERS, CONSUMER_LOOPS)
+    for registry in registries:
+        for name in registry:
+            cls: type[Any] = registry[name]
+            module = cls.__module__
+            assert not module.rsplit(".", 1)[-1].startswith("_"), (cls, module)
+            assert getattr(importlib.import_module(module), cls.__name__) is cls

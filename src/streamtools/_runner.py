@@ -188,7 +188,7 @@ class ConsumerRunner:
                 consumer.queue.name,
                 consumer.transport,
                 consumer,  # its repr names the host and port, or the broker (redacted)
-                extra={"queue": consumer.queue.name, "transport": consumer.transport},
+                extra={"queue": consumer.queue.name, "transport": consumer.messaging_system},
             )
 
     async def _close_all(self) -> None:

@@ -23,6 +23,7 @@ inflating within the size limit), `_dedup` (the answers to recent messages), `_p
 (send-side wire formats), `_outcome` (answers), `_config` (settings and the environment).
 """
 
+from streamtools._public import report_as as _report_as
 from streamtools.transports.http._consumer import HTTPConsumer
 from streamtools.transports.http._presets import (
     HeadersPreset,
@@ -38,3 +39,5 @@ __all__ = [
     "headers_presets",
     "register_headers_preset",
 ]
+
+_report_as(__name__, (globals()[name] for name in __all__))

@@ -277,7 +277,7 @@ class HTTPConsumer(Consumer[T]):
                     checked.reason,
                     extra={
                         "queue": self.queue.name,
-                        "transport": self.transport,
+                        "transport": self.messaging_system,
                         "method": method,
                         "status": checked.status,
                     },
@@ -477,7 +477,7 @@ class HTTPConsumer(Consumer[T]):
         extra: dict[str, object] = {
             "queue": self.queue.name,
             "message_id": meta.id,
-            "transport": self.transport,
+            "transport": self.messaging_system,
             "method": method,
         }
         trace_id = _telemetry.current_trace_id()

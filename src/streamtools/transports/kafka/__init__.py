@@ -38,9 +38,12 @@ aiokafka's undocumented answer shapes are read in `streamtools._foreign.aiokafka
 import logging
 
 # Without aiokafka the registry says: pip install 'streamtools[kafka]'.
+from streamtools._public import report_as as _report_as
 from streamtools.transports.kafka._consumer import KafkaConsumer
 from streamtools.transports.kafka._producer import KafkaProducer
 
 logging.getLogger("streamtools.kafka").addHandler(logging.NullHandler())
 
 __all__ = ["KafkaConsumer", "KafkaProducer"]
+
+_report_as(__name__, (globals()[name] for name in __all__))

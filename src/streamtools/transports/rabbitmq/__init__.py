@@ -35,6 +35,7 @@ aio-pika's, aiormq's and pamqp's private API is fenced in `streamtools._foreign`
 
 import logging
 
+from streamtools._public import report_as as _report_as
 from streamtools.transports.rabbitmq._consumer import RabbitMQConsumer
 from streamtools.transports.rabbitmq._link import REPLY_TO as REPLY_TO
 from streamtools.transports.rabbitmq._producer import RabbitMQProducer
@@ -49,3 +50,5 @@ __all__ = ["RabbitMQConsumer", "RabbitMQProducer"]
 
 logger = logging.getLogger("streamtools.rabbitmq")
 logger.addHandler(logging.NullHandler())
+
+_report_as(__name__, (globals()[name] for name in __all__))

@@ -184,7 +184,7 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
             return
         logger.warning(
             "RabbitMQ cancelled the subscription (queue deleted?); declaring it again",
-            extra={"queue": self.queue.name, "transport": self.transport},
+            extra={"queue": self.queue.name, "transport": self.messaging_system},
         )
         self._consuming_on = None
         self._resubscribe(declare=True)
@@ -211,7 +211,7 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
                     "subscribing again failed, retrying in %.1f s: %s",
                     pause,
                     _reason(exc),
-                    extra={"queue": self.queue.name, "transport": self.transport},
+                    extra={"queue": self.queue.name, "transport": self.messaging_system},
                 )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
