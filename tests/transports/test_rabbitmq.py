@@ -92,22 +92,25 @@ async def get_one(
             await asyncio.sleep(0.02)
 
 
-async def wait_until_declared(url: str, name: str) -> None:
-    """Wait for queue `name` to exist (a passive declare on a fresh connection each time:
-    a refused one closes its channel)."""
+async def wait_until_stored(url: str, name: str) -> None:
+    """Wait for queue `name` to exist and hold a message: a passive declare on a fresh
+    connection each time (a refused one closes its channel, and a quorum queue declared a
+    moment ago may answer a basic.get with INTERNAL_ERROR noproc, closing the connection)."""
     try:
         async with asyncio.timeout(WAIT):
             while True:
                 connection = await aio_pika.connect(url)
                 try:
-                    await (await connection.channel()).declare_queue(name, passive=True)
-                    return
-                except aio_pika.exceptions.ChannelNotFoundEntity:
-                    await asyncio.sleep(0.05)
+                    declared = await (await connection.channel()).declare_queue(name, passive=True)
+                    if declared.declaration_result.message_count:
+                        return
+                except aio_pika.exceptions.AMQPError:
+                    pass
                 finally:
                     await connection.close()
+                await asyncio.sleep(0.05)
     except TimeoutError:
-        pytest.fail(f"timed out after {WAIT} s waiting for queue {name!r} to be declared")
+        pytest.fail(f"timed out after {WAIT} s waiting for a message in queue {name!r}")
 
 
 async def depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
@@ -1027,8 +1030,8 @@ async def test_a_dlq_deleted_under_a_running_consumer_is_declared_again(
             aio_pika.Message(b'{"seq": 1, "sku": "lowercase"}', message_id="invalid-1"),
             routing_key=queue,
         )
-        await wait_until_declared(rabbitmq_url, f"{queue}.dlq")
-        dead = await get_one(raw, f"{queue}.dlq")  # it holds the invalid message
+        await wait_until_stored(rabbitmq_url, f"{queue}.dlq")  # declared again, holding it
+        dead = await get_one(raw, f"{queue}.dlq")
         assert dead.body == b'{"seq": 1, "sku": "lowercase"}'
         assert dead.headers["x-death-reason"] == "invalid"
         assert dead.headers["x-original-queue"] == queue
