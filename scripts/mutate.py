@@ -180,6 +180,16 @@ MUTANTS = (
             "test_a_queue_deleted_under_a_running_consumer_comes_back_and_is_served",
         ),
     ),
+    Mutant(
+        "a deleted .dlq or .retry queue is not declared again (issue #21)",
+        "src/streamtools/transports/rabbitmq/_incoming.py",
+        "            await link.declare(consumer._topology())\n            await publish()",
+        "            await publish()",
+        (
+            "tests/transports/test_rabbitmq.py::"
+            "test_a_dlq_deleted_under_a_running_consumer_is_declared_again",
+        ),
+    ),
 )
 
 
