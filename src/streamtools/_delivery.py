@@ -7,8 +7,8 @@ settle, requeue, reply. Everything else is decided here, the same for every tran
 - the body is decoded into the queue's type and the handler runs (`Consumer._process`);
 - handler returned: the reply is sent (request/reply), then the message is settled;
 - handler raised: a copy with the attempt counted up goes back to the queue after a backoff
-  delay with full jitter (`retry_delay` doubling up to `max_retry_delay`), until
-  `max_retries` retries are spent; then the message is dead-lettered (`max-retries`);
+  delay with full jitter (`RetryPolicy.delay` doubling up to `max_delay`), until
+  `RetryPolicy.attempts` retries are spent; then the message is dead-lettered (`max-retries`);
 - the body does not decode or breaks the schema: dead-lettered at once (`invalid`);
 - dead-lettering publishes a copy to `<queue>.dlq` with the headers `x-death-reason`,
   `x-error-type`, `x-error-message`, `x-attempts` and `x-original-queue`, its attempt reset

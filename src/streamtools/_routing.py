@@ -31,7 +31,7 @@ class ConsumerFactory:
     Routes only record, like aiohttp's RouteTableDef: nothing is built, read from the
     environment or opened until `.instances` is read (a `ConsumerRunner` reads it), so a
     wrong setting is reported when the service runs, not when its module is imported.
-    Settings (e.g. RabbitMQ `url=`, `prefetch=`) go to every consumer; `host`/`port` go to
+    Settings (e.g. RabbitMQ `url=`, `limits=`) go to every consumer; `host`/`port` go to
     consumers whose transport serves on a port (HTTP).
     """
 

@@ -1,7 +1,7 @@
 """The in-process memory transport: a broker with the semantics of the queued transports.
 
 Competing consumers per queue, ack after the handler returns, a handler exception retried
-with backoff up to `max_retries` and then dead-lettered to `<queue>.dlq`, invalid messages
+with backoff as `retry=` says and then dead-lettered to `<queue>.dlq`, invalid messages
 dead-lettered at once, bounded queues (`send` waits while one is full), at most
 `max_in_flight` handlers per consumer, and a graceful `close()`. Nothing survives the
 process: use it for examples, tests and single-process services.

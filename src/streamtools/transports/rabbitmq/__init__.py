@@ -10,7 +10,7 @@ Topology, declared idempotently with the same arguments by producers and consume
   `x-original-queue` headers. A consumer on a name ending in `.dlq` consumes it as is
   and declares no retry queues: what its handler cannot take goes back to the tail of that
   same DLQ after the backoff delay (the core's rule, see `streamtools._delivery`).
-- `<queue>.retry.<n>` (consumers only, n = 1..max_retries): durable delay queues without
+- `<queue>.retry.<n>` (consumers only, n = 1..retry.attempts): durable delay queues without
   consumers whose expired messages dead-letter back to `<queue>`. A failed message is copied
   there with a per-message `expiration` (the backoff delay) and `x-streamtools-attempt`
   incremented, confirmed, and only then is the original acked: nothing is lost in between,
