@@ -410,3 +410,44 @@ async def test_runner_shutdown_ends_the_read_of_an_unread_body() -> None:
     assert got, "the handler never ran"
     assert got[0].is_eof(), _where("StreamReader.feed_eof")
     assert not unread
+
+
+async def test_our_attribute_names_do_not_shadow_aiohttp_state() -> None:
+    # Connection, ConnectionServer and Answer keep their own state on aiohttp's objects:
+    # a name aiohttp starts to use would be overwritten by both sides.
+    from streamtools.transports.http import _connection
+
+    def state(instance: object) -> set[str]:
+        names = set(dir(instance))
+        for klass in type(instance).__mro__:
+            names.update(getattr(klass, "__slots__", ()))
+        return names
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    ours = {
+        "RequestHandler": (
+            state(web_protocol.RequestHandler(web.Server(handle), loop=asyncio.get_running_loop())),
+            set(_connection.Connection.__slots__) - {"__weakref__"},
+        ),
+        "Server": (
+            state(web.Server(handle)),
+            {"limits", "stopping", "_pending", "_refusal"},  # set in ConnectionServer.__init__
+        ),
+        # set in Answer.__init__
+        "StreamResponse": (state(web.StreamResponse()), {"_outcome", "_duplicate"}),
+    }
+    # and the names streamtools._foreign.aiohttp adds (the accessors and hooks of its own)
+    overrides = {"handle_error", "pre_shutdown", "shutdown", "cleanup", "prepare"}
+    for name, fence in (
+        ("RequestHandler", foreign.RequestHandler),
+        ("Server", foreign.Server),
+        ("StreamResponse", foreign.OneWriteResponse),
+    ):
+        own = {n for n in vars(fence) if n[:2] != "__" and n != "_abc_impl"}
+        ours[name][1].update(own - overrides)
+    runner = web.ServerRunner(web.Server(handle))
+    ours["ServerRunner"] = (state(runner), {"unread"})
+    for name, (theirs, mine) in ours.items():
+        assert not theirs & mine, _where(f"{name} now has attributes named {theirs & mine}")
