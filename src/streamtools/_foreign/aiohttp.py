@@ -1,6 +1,8 @@
 """aiohttp's private API that the HTTP transport uses, fenced (checked: aiohttp 3.14.5, the
-installed one; 3.9.0, the floor `pyproject.toml` allows, by `make test-min`; and the shapes
-on aiohttp's master branch of 2026-08-22, 495e778).
+installed one; 3.13.4, the floor `pyproject.toml` allows, by `make test-min`; and read in the
+source of aiohttp's master branch of 2026-08-22, 495e778, where every item below still exists
+and `RequestHandler.log_access` is a coroutine: streamtools does not override it, see
+`AnswerCounter` in `streamtools.transports.http._connection`).
 
 The HTTP consumer serves on aiohttp's low-level server (`web.Server`, `ServerRunner`), not on
 an `Application`, and refines the protocol of one connection (`RequestHandler`) where a
