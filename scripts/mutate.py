@@ -127,7 +127,7 @@ MUTANTS = (
         "            if size > limit:",
         "            if size >= limit:",
         (
-            "tests/transports/test_http.py::test_a_body_of_exactly_max_body_size_passes_one_more_byte_is_413",
+            "tests/transports/test_http.py::test_a_body_of_exactly_max_message_size_passes_one_more_byte_is_413",
         ),
     ),
     Mutant(
@@ -136,7 +136,7 @@ MUTANTS = (
         "    return body if len(body) <= limit else None",
         "    return body if len(body) < limit else None",
         (
-            "tests/transports/test_http.py::test_a_body_of_exactly_max_body_size_passes_one_more_byte_is_413",
+            "tests/transports/test_http.py::test_a_body_of_exactly_max_message_size_passes_one_more_byte_is_413",
         ),
     ),
     Mutant(
