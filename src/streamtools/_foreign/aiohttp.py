@@ -192,7 +192,10 @@ class ServerRunner(web.ServerRunner):
             # against uvloop 0.23 left no client hung).
             if isinstance(listener, asyncio.Server):
                 for sock in listener.sockets:
-                    accepting |= loop.remove_reader(sock.fileno())
+                    try:
+                        accepting |= loop.remove_reader(sock.fileno())
+                    except NotImplementedError:  # the proactor loop (Windows) has no readers
+                        break
         if accepting:
             await asyncio.sleep(0)
         await super().cleanup()
