@@ -52,9 +52,14 @@ class Client:
         self.last_error: BaseException | None = None
         self.reconnects = 0
         self._deadlines = Deadlines()
+        self._refused: asyncio.Event | None = None
+        self.refusal: BaseException | None = None  # the server refused the first login
 
     async def _error(self, exc: Exception) -> None:
         self.last_error = exc
+        if self._refused is not None and is_auth(exc):
+            self.refusal = exc
+            self._refused.set()  # the first connect gives up at once: retrying cannot help
         logger.warning("%s: %s", self.settings.where, exc, extra={"role": self.role})
 
     async def _disconnected(self) -> None:
@@ -67,19 +72,38 @@ class Client:
 
     async def connect(self, timeout: float) -> None:
         nc = NATS()
+        refused = self._refused = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        connecting = loop.create_task(
+            nc.connect(
+                **self.settings.client(),
+                name=f"streamtools {self.role}",
+                connect_timeout=max(1, min(int(timeout), 5)),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=_RECONNECT_WAIT,
+                error_cb=self._error,
+                disconnected_cb=self._disconnected,
+                reconnected_cb=self._reconnected,
+            )
+        )
+        waiting = loop.create_task(refused.wait())
         try:
-            async with asyncio.timeout(timeout):
-                await nc.connect(
-                    **self.settings.client(),
-                    name=f"streamtools {self.role}",
-                    connect_timeout=max(1, min(int(timeout), 5)),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=_RECONNECT_WAIT,
-                    error_cb=self._error,
-                    disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected,
+            try:
+                done, _ = await asyncio.wait(
+                    {connecting, waiting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
+            finally:
+                waiting.cancel()
+                if not connecting.done():
+                    connecting.cancel()
+                await asyncio.gather(connecting, waiting, return_exceptions=True)
+                self._refused = None
+            if self.refusal is not None:
+                raise self.refusal
+            if connecting not in done or connecting.cancelled():
+                raise TimeoutError(f"not connected within {timeout} s")
+            connecting.result()  # its error, if any
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await nc.close()

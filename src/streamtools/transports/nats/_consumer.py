@@ -195,6 +195,7 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._stopping = False
+        self._fetching = False  # a fetch is out: its messages are on their way to us
         self._loop_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat = self.ack_wait / 3
@@ -286,7 +287,11 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
                 count += 1
             msgs: list[Msg] = []
             try:
-                msgs = await self._fetch(count)
+                self._fetching = True
+                try:
+                    msgs = await self._fetch(count)
+                finally:
+                    self._fetching = False
                 failures = 0
             except asyncio.CancelledError:
                 for _ in range(count):
@@ -338,10 +343,10 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
         self._stopping = True
         task = self._loop_task
         if task is not None:
-            # The current fetch ends within _FETCH_WAIT: its messages go back at once.
-            done, _ = await asyncio.wait([task], timeout=_FETCH_WAIT + self.connect_timeout)
-            if not done:
-                task.cancel()
+            if self._fetching:
+                # The fetch out ends within _FETCH_WAIT: its messages go back at once.
+                await asyncio.wait([task], timeout=_FETCH_WAIT + self.connect_timeout)
+            task.cancel()  # waiting for a free slot (or stuck): nothing fetched to lose
             await asyncio.gather(task, return_exceptions=True)
 
     async def _close(self) -> None:
