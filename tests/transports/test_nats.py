@@ -386,6 +386,35 @@ async def test_a_consumer_closed_mid_backlog_hands_its_messages_to_the_other(
     assert elapsed < 30, f"handed over in {elapsed:.1f} s, not after ack_wait"
 
 
+async def test_a_deleted_durable_is_declared_again_and_consuming_goes_on(
+    queues: Callable[[str], str],
+) -> None:
+    """Fetches on a deleted durable time out as if the queue were empty: the idle consumer
+    looks (every ~10 s) and declares it again."""
+    name = queues("durable")
+    c = consumer(name)
+    handled: list[int] = []
+
+    @c()
+    async def handle(msg: Order) -> None:
+        handled.append(msg.seq)
+
+    await c.start()
+    try:
+        async with producer(name) as p:
+            await p.send(Order(seq=1))
+            await eventually(lambda: handled == [1], "the first message", WAIT)
+            nc = await nats.connect(SERVERS)
+            try:
+                await nc.jetstream().delete_consumer(c.stream, c.durable)
+            finally:
+                await nc.close()
+            await p.send(Order(seq=2))
+            await eventually(lambda: handled == [1, 2], "the message after the deletion", WAIT)
+    finally:
+        await c.close()
+
+
 # --- private servers ---------------------------------------------------------------------------
 
 

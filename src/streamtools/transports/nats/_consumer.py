@@ -54,6 +54,7 @@ _FETCH_WAIT: Final = 1.0  # seconds a fetch waits for messages; also how fast a 
 _COPY_TIMEOUT: Final = 30.0
 _SETTLE_TIMEOUT: Final = 5.0
 _RESUBSCRIBE_AFTER: Final = 3
+_CHECK_WHEN_IDLE: Final = 10  # empty fetches (~10 s) between checks that the durable exists
 # The durable's max_ack_pending is max_in_flight times this: each member bounds its own
 # handlers to max_in_flight (it fetches for free slots only); a durable limit of just
 # max_in_flight, shared by competing members, starves their fetches (measured: 5 members,
@@ -272,12 +273,12 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
         assert subscription is not None
         try:
             return await subscription.fetch(count, timeout=_FETCH_WAIT)
-        except nats.errors.TimeoutError:  # nothing there (FetchTimeoutError too)
+        except (nats.errors.TimeoutError, TimeoutError):  # nothing came (FetchTimeoutError too)
             return []
 
     async def _consume(self) -> None:
         slots = self._slots
-        failures = 0
+        failures = idle = 0
         while not self._stopping:
             # As many messages as there are free handler slots (at least one).
             await slots.acquire()
@@ -309,12 +310,16 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
                 if failures >= _RESUBSCRIBE_AFTER and self._client.connected:
                     # The durable or the stream may be gone (a server that lost its store):
                     # declare them again and bind anew.
-                    with contextlib.suppress(Exception):
-                        old = self._subscription
-                        await self._declare()
-                        if old is not None:
-                            with contextlib.suppress(Exception):
-                                await old.unsubscribe()
+                    await self._redeclare()
+            if msgs:
+                idle = 0
+            else:
+                idle += 1
+                if idle >= _CHECK_WHEN_IDLE:
+                    # A deleted durable makes fetches time out as if the queue were empty:
+                    # when idle, look now and then whether it is still there.
+                    idle = 0
+                    await self._check_durable()
             for _ in range(count - len(msgs)):
                 slots.release()
             for msg in msgs:
@@ -325,6 +330,36 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
                         await msg.nak()
                     continue
                 self._take(msg)
+
+    async def _redeclare(self) -> None:
+        old = self._subscription
+        try:
+            await self._declare()
+        except Exception as exc:
+            logger.warning(
+                "declaring the durable again failed: %s", exc, extra={"queue": self.queue.name}
+            )
+            return
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+
+    async def _check_durable(self) -> None:
+        js = self._client.js
+        if js is None or not self._client.connected:
+            return
+        try:
+            await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            logger.warning(
+                "durable consumer %r is gone from stream %r; declaring it again",
+                self.durable,
+                self.stream,
+                extra={"queue": self.queue.name},
+            )
+            await self._redeclare()
+        except Exception:
+            return  # unreachable or busy now: the next check looks again
 
     def _intake_stopped(self) -> bool:
         return self._stopping  # read anew (it changes while a fetch waits)
