@@ -20,7 +20,7 @@ import nats
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from streamtools import (
     CONSUMER_LOOPS,
@@ -33,7 +33,13 @@ from streamtools import (
 )
 from streamtools._binding import DEAD_LETTER_HEADERS
 from streamtools._codec import Metadata, new_metadata
-from streamtools.errors import ConfigurationError, ConnectError, StreamtoolsError
+from streamtools.errors import (
+    ConfigurationError,
+    ConnectError,
+    PublishError,
+    ReplyTimeoutError,
+    StreamtoolsError,
+)
 from streamtools.transports.nats import NATSConsumer, NATSProducer
 from streamtools.transports.nats._streams import stream_name
 from tests.conftest import eventually, unique_name
@@ -260,6 +266,61 @@ async def test_an_existing_stream_with_other_settings_is_a_clear_error(
     assert stream_name(name) in message
     assert "retention" in message
     assert "nats stream rm" in message
+
+
+async def test_a_puback_error_is_a_publish_error(queues: Callable[[str], str]) -> None:
+    """A stream made by someone else with a 1000-byte message limit: JetStream refuses the
+    message in its PubAck."""
+    name = queues("puback")
+    nc = await nats.connect(SERVERS)
+    try:
+        await nc.jetstream().add_stream(
+            StreamConfig(
+                name=stream_name(name),
+                subjects=[name],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                max_msg_size=1000,
+            )
+        )
+    finally:
+        await nc.close()
+    async with producer(name, send_timeout=5) as p:
+        await p.send(Order(seq=1))  # small enough
+        with pytest.raises(PublishError, match="refused it"):
+            await p.send_encoded(b'{"seq": 1, "pad": "' + b"x" * 2000 + b'"}', fresh_meta(p))
+
+
+async def test_a_request_whose_message_is_dead_lettered_raises_at_once(
+    queues: Callable[[str], str],
+) -> None:
+    name = queues("request")
+    c = consumer(name)
+
+    @c()
+    async def handle(msg: Order) -> Order:
+        if msg.seq < 0:
+            raise ValueError("never")
+        return Order(seq=msg.seq * 10)
+
+    await c.start()
+    try:
+        async with producer(name) as p:
+            reply = await p.request(Order(seq=4), reply_type=Order, timeout=WAIT)
+            assert reply.seq == 40
+            started = time.monotonic()
+            with pytest.raises(PublishError, match="dead-lettered"):
+                await p.request(Order(seq=-1), reply_type=Order, timeout=WAIT)
+            assert time.monotonic() - started < WAIT / 2
+            with pytest.raises(ReplyTimeoutError):
+                await NATSProducer(Queue(queues("nobody"), Order), servers=SERVERS).request(
+                    Order(seq=1), reply_type=Order, timeout=1
+                )
+        dead = await read_all(f"{name}.dlq", 1)
+    finally:
+        await c.close()
+    assert dead[0].headers is not None
+    assert "x-streamtools-reply-to" not in dead[0].headers  # a dead letter answers nobody
 
 
 async def test_competing_consumers_share_the_work(queues: Callable[[str], str]) -> None:
