@@ -57,6 +57,10 @@ class Capabilities:
     redelivery: a handler that raised gets the message again (HTTP: the producer retries).
     dead_letter: poison and invalid messages end in `<queue>.dlq`.
     request_reply: `Producer.request` returns the handler's reply.
+    ordered: one consumer with `limits=Limits(max_in_flight=1)` handles one producer's
+        awaited sends in the order sent (Kafka: those with one `key=`).
+    consumer_groups: consumers with different `group=` each get every message; those with
+        one group share them.
     serves_port: see below.
     """
 
@@ -65,6 +69,8 @@ class Capabilities:
     redelivery: bool
     dead_letter: bool
     request_reply: bool
+    ordered: bool = False
+    consumer_groups: bool = False
     serves_port: bool = False
     """The consumer serves on a host and port of its own (HTTP): it has settable `host` and
     `port` attributes and `mount(path, answer)` for the runner's endpoints (health)."""

@@ -63,6 +63,8 @@ class Harness:
     queue_exists: Callable[[str], Awaitable[bool]] | None = None
     # Deliver (body, headers) to the consumer's queue as a peer without streamtools would.
     send_foreign: Callable[[Consumer[Any], bytes, dict[str, object]], Awaitable[None]] | None = None
+    # Send options that keep a producer's messages in one ordered stream (Kafka: one key).
+    ordered_send: dict[str, object] = field(default_factory=dict)
     used_queues: list[str] = field(default_factory=list)
 
     @property

@@ -67,4 +67,5 @@ def make_harness(request: pytest.FixtureRequest) -> Harness:
         cleanup=cleanup,
         queue_exists=queue_exists,
         send_foreign=send_foreign,
+        ordered_send={"key": "one-key"},
     )

@@ -192,7 +192,12 @@ class MemoryConsumer(QueuedConsumer[T]):
     transport = "MemoryHandler"
     messaging_system = "streamtools.memory"
     capabilities = Capabilities(
-        queued=True, persistent=False, redelivery=True, dead_letter=True, request_reply=True
+        queued=True,
+        persistent=False,
+        redelivery=True,
+        dead_letter=True,
+        request_reply=True,
+        ordered=True,
     )
 
     def __init__(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -101,6 +102,12 @@ class _Target:
     # ce-source, ce-specversion, Authorization) are the session's defaults.
     headers: CIMultiDict[str]
     codec: Codec[Any]
+
+
+def _cancelling() -> int:
+    """Whether the running task is being cancelled (by its caller, not by a library)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
 
 
 RESEND: Final = RetryPolicy(attempts=3, delay=0.1, max_delay=5.0)
@@ -209,6 +216,10 @@ class HTTPProducer(Producer[T]):
         self._deadlines = Deadlines()
         self._targets: dict[tuple[object, str, HeadersPreset], _Target] = {}
         self._default_target: _Target | None = None
+        # Exchanges under way, so that close() lets them finish (and, set by close, the
+        # event it waits on for the last one).
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.queue.name!r}, endpoint={str(self.endpoint)!r})"
@@ -235,6 +246,13 @@ class HTTPProducer(Producer[T]):
         )
 
     async def _close(self) -> None:
+        # Graceful: sends under way finish first (each attempt is bounded by send_timeout);
+        # one still running after that fails with PublishError when the session closes.
+        if self._in_flight:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.send_timeout):
+                    await self._drained.wait()
         self._deadlines.close()
         if self._session is not None:
             await self._session.close()
@@ -340,6 +358,7 @@ class HTTPProducer(Producer[T]):
         # Request/reply: one bound over every attempt and backoff; send: one per attempt.
         whole = None if budget is None else deadlines.start(budget)
         attempt = 0
+        self._in_flight += 1
         try:
             while True:
                 attempt += 1
@@ -356,6 +375,12 @@ class HTTPProducer(Producer[T]):
                         # The usual exact value skips aiohttp's parse of the header.
                         content_type = raw_type if raw_type in EXACT_TYPES else resp.content_type
                     except asyncio.CancelledError:
+                        if self.closed and not _cancelling():
+                            # Not this task's cancellation: close() ended the session.
+                            raise PublishError(
+                                f"{self!r} was closed while message {meta.id} was in "
+                                "flight; it may have been delivered"
+                            ) from None
                         if whole is not None or not wait.timed_out():
                             raise  # the caller's cancellation, or the budget (below)
                         timed_out = TimeoutError()  # as aiohttp's own timer raised it
@@ -390,6 +415,9 @@ class HTTPProducer(Producer[T]):
         finally:
             if whole is not None:
                 deadlines.finish(whole)
+            self._in_flight -= 1
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
 
     @staticmethod
     def _get_url(url: URL, body: bytes) -> URL:

@@ -140,7 +140,13 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
     """
 
     capabilities = Capabilities(
-        queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=False
+        queued=True,
+        persistent=True,
+        redelivery=True,
+        dead_letter=True,
+        request_reply=False,
+        ordered=True,
+        consumer_groups=True,
     )
 
     def __init__(

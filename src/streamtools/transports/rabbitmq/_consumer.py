@@ -59,7 +59,12 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
     """
 
     capabilities = Capabilities(
-        queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=True
+        queued=True,
+        persistent=True,
+        redelivery=True,
+        dead_letter=True,
+        request_reply=True,
+        ordered=True,
     )
 
     def __init__(
