@@ -312,10 +312,9 @@ async def test_a_request_whose_message_is_dead_lettered_raises_at_once(
             with pytest.raises(PublishError, match="dead-lettered"):
                 await p.request(Order(seq=-1), reply_type=Order, timeout=WAIT)
             assert time.monotonic() - started < WAIT / 2
-            with pytest.raises(ReplyTimeoutError):
-                await NATSProducer(Queue(queues("nobody"), Order), servers=SERVERS).request(
-                    Order(seq=1), reply_type=Order, timeout=1
-                )
+            async with producer(queues("nobody")) as unanswered:
+                with pytest.raises(ReplyTimeoutError):
+                    await unanswered.request(Order(seq=1), reply_type=Order, timeout=1)
         dead = await read_all(f"{name}.dlq", 1)
     finally:
         await c.close()
