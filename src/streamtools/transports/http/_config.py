@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
 import ssl as ssl_module
-from typing import Final
+from typing import Any, Final
 
+from streamtools import _settings
+from streamtools._settings import RetryPolicy
 from streamtools.errors import ConfigurationError
 
 TRANSPORT: Final = "HTTPHandler"
@@ -64,3 +68,47 @@ def method(value: object) -> str:
     if not isinstance(value, str) or value.upper() not in METHODS:
         raise ConfigurationError(f"method must be 'POST' or 'GET', got {value!r}")
     return value.upper()
+
+
+RESEND: Final = RetryPolicy(attempts=3, delay=0.1, max_delay=5.0)
+"""The HTTP producer's default `resend=`: quick, since the server answers at once."""
+
+
+def resend_policy(
+    owner: str,
+    resend: object,
+    retries: int | None,
+    retry_backoff: float | None,
+    max_retry_backoff: float | None,
+) -> RetryPolicy:
+    """`resend=`, or the RetryPolicy the deprecated `retries=`/`retry_backoff=`/
+    `max_retry_backoff=` describe (with a DeprecationWarning each)."""
+    if not isinstance(resend, RetryPolicy):
+        raise ConfigurationError(f"{owner}: resend must be a RetryPolicy, got {resend!r}")
+    old = {"attempts": retries, "delay": retry_backoff, "max_delay": max_retry_backoff}
+    given: dict[str, Any] = {field: value for field, value in old.items() if value is not None}
+    if not given:
+        return resend
+    names = {"attempts": "retries", "delay": "retry_backoff", "max_delay": "max_retry_backoff"}
+    for field, value in given.items():
+        _settings.renamed(
+            owner, names[field], f"resend=RetryPolicy({field}={value!r})", stacklevel=4
+        )
+    if resend != RESEND:
+        raise ConfigurationError(
+            f"{owner}: pass resend= or {', '.join(names[f] for f in given)}=, not both"
+        )
+    try:
+        return dataclasses.replace(resend, **given)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{owner}: {exc}") from None
+
+
+def default_max_connections() -> int:
+    # Half the descriptors the process may open, at most 1024: the rest stays for the
+    # process's other connections, and accept() does not run out of descriptors.
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):  # pragma: no cover - POSIX always answers
+        return 1024
+    return 1024 if soft == resource.RLIM_INFINITY else max(1, min(1024, soft // 2))

@@ -6,18 +6,16 @@ import asyncio
 import hmac
 import logging
 import re
-import resource
 import ssl as ssl_module
 from typing import Final
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from streamtools import _settings, _telemetry
 from streamtools._base import Capabilities, Consumer, Route, encode_reply
-from streamtools._binding import ATTEMPT_HEADER, CE
-from streamtools._codec import CONTENT_TYPES, JSON, SPECVERSION, Metadata, type_name
+from streamtools._binding import CE
+from streamtools._codec import CONTENT_TYPES, JSON, Metadata, type_name
 from streamtools._health import Endpoint
 from streamtools._settings import DEFAULT_LIMITS, Limits
 from streamtools._types import Queue, T
@@ -43,6 +41,7 @@ from streamtools.transports.http._outcome import (
     response,
 )
 from streamtools.transports.http._server import HEALTH_PATH, SharedServer
+from streamtools.transports.http._wire import request_metadata
 
 logger = logging.getLogger("streamtools.http")
 
@@ -51,16 +50,6 @@ _valid_id: Final = re.compile(r"[!-~]{1,256}").fullmatch
 # their requests 503 itself (shorter than the core's grace: no message is lost by HTTP).
 _ABORT_GRACE: Final = 0.5
 _CLOSING: Final = {**RETRY_LATER, "Connection": "close"}
-
-
-def _default_max_connections() -> int:
-    # Half the descriptors the process may open, at most 1024: the rest stays for the
-    # process's other connections, and accept() does not run out of descriptors.
-    try:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (OSError, ValueError):  # pragma: no cover - POSIX always answers
-        return 1024
-    return 1024 if soft == resource.RLIM_INFINITY else max(1, min(1024, soft // 2))
 
 
 class HTTPConsumer(Consumer[T]):
@@ -161,7 +150,7 @@ class HTTPConsumer(Consumer[T]):
         self.max_connections = _settings.integer(
             owner,
             "max_connections",
-            _default_max_connections() if max_connections is None else max_connections,
+            _config.default_max_connections() if max_connections is None else max_connections,
             minimum=1,
         )
         self._token = _config.env_token(owner, token)
@@ -291,7 +280,7 @@ class HTTPConsumer(Consumer[T]):
                 RETRY_LATER,
             )
         headers = request.headers
-        meta = self._metadata(request, headers, checked)
+        meta = request_metadata(request, self._type_name, headers, checked)
         reply_type = accepted(headers.get("Accept")) if method == "GET" else checked
         dedup = self._dedup if CE.id in headers else None
         key = (meta.source, meta.id)
@@ -335,33 +324,6 @@ class HTTPConsumer(Consumer[T]):
             self._requests.pop(task, None)
             self._active -= 1
             self._delivery_done()
-
-    def _metadata(
-        self, request: web.BaseRequest, headers: CIMultiDictProxy[str], content_type: str
-    ) -> Metadata:
-        """The message's metadata from its CloudEvents headers (`CE.read`'s rules)."""
-        get = headers.get
-        message_id, source, time = get(CE.id), get(CE.source), get(CE.time)
-        if message_id and source is not None and time and ATTEMPT_HEADER not in headers:
-            # What a producer sends: CE.read would take these as they are (HTTP headers are
-            # text), so its rules reduce to the fallbacks of type and specversion.
-            return Metadata(
-                id=message_id,
-                type=get(CE.type) or self._type_name,
-                source=source,
-                time=time,
-                content_type=content_type,
-                specversion=get(CE.specversion) or SPECVERSION,
-                attempt=1,
-                headers={},
-            )
-        return CE.read(
-            headers,
-            default_type=self._type_name,
-            ct=content_type,
-            source="" if source is not None else f"//{request.remote or 'unknown'}",
-            extra=False,
-        )
 
     def _check(self, request: web.BaseRequest, method: str) -> str | web.StreamResponse:
         """The request's content type, or the refusal when it is not served (503, 401, 415,

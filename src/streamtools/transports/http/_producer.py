@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import ssl as ssl_module
@@ -32,9 +31,9 @@ from streamtools.errors import (
     EncodeError,
     PublishError,
     ReplyTimeoutError,
-    StreamtoolsError,
 )
 from streamtools.transports.http import _config, _presets
+from streamtools.transports.http._errors import client_error, error_summary, retryable
 from streamtools.transports.http._negotiation import (
     EXACT_TYPES,
     json_decoder,
@@ -44,50 +43,10 @@ from streamtools.transports.http._presets import HeadersPreset
 
 logger = logging.getLogger("streamtools.http")
 
-_RETRY_STATUSES: Final = frozenset({502, 503, 504})
 _SEND_OPTIONS: Final = frozenset({"method", "endpoint", "headers_tag", "header_tag"})
 # aiohttp rejects request lines over 8190 bytes; keep GET URLs safely below that.
 _MAX_GET_TARGET: Final = 8000
 _MAX_TARGETS: Final = 256
-
-
-def _client_error(exc: Exception, url: URL) -> StreamtoolsError:
-    """The one place aiohttp client errors become streamtools errors (raise it `from exc`)."""
-    where = f"{url.host}:{url.port}"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return ConnectError(
-            f"TLS with the HTTP consumer at {where} failed: {exc}; check the ssl= context"
-        )
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ConnectError(
-            f"timed out connecting to the HTTP consumer at {where}; is it running and reachable?"
-        )
-    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
-        return ReplyTimeoutError(
-            f"the HTTP consumer at {where} did not answer {url} in time; "
-            "the message may still be handled"
-        )
-    if isinstance(exc, aiohttp.ClientConnectionError):
-        return ConnectError(
-            f"cannot reach the HTTP consumer at {where} ({type(exc).__name__}: {exc}); "
-            "is it running?"
-        )
-    if isinstance(exc, aiohttp.InvalidURL):
-        return ConfigurationError(f"invalid HTTP endpoint {url}: {exc}")
-    return PublishError(f"HTTP exchange with {where} failed: {exc}")
-
-
-def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, DeliveryError):
-        return exc.status in _RETRY_STATUSES
-    # A certificate or TLS mismatch does not heal by retrying.
-    return isinstance(exc, ConnectError) and not isinstance(exc.__cause__, aiohttp.ClientSSLError)
-
-
-def _error_summary(body: object) -> str:
-    if isinstance(body, dict):
-        return f"{body.get('error', '')}: {body.get('detail', '')}"
-    return str(body)[:500]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,40 +67,6 @@ def _cancelling() -> int:
     """Whether the running task is being cancelled (by its caller, not by a library)."""
     task = asyncio.current_task()
     return task.cancelling() if task is not None else 0
-
-
-RESEND: Final = RetryPolicy(attempts=3, delay=0.1, max_delay=5.0)
-"""The HTTP producer's default `resend=`: quick, since the server answers at once."""
-
-
-def _resend_policy(
-    owner: str,
-    resend: object,
-    retries: int | None,
-    retry_backoff: float | None,
-    max_retry_backoff: float | None,
-) -> RetryPolicy:
-    """`resend=`, or the RetryPolicy the deprecated `retries=`/`retry_backoff=`/
-    `max_retry_backoff=` describe (with a DeprecationWarning each)."""
-    if not isinstance(resend, RetryPolicy):
-        raise ConfigurationError(f"{owner}: resend must be a RetryPolicy, got {resend!r}")
-    old = {"attempts": retries, "delay": retry_backoff, "max_delay": max_retry_backoff}
-    given: dict[str, Any] = {field: value for field, value in old.items() if value is not None}
-    if not given:
-        return resend
-    names = {"attempts": "retries", "delay": "retry_backoff", "max_delay": "max_retry_backoff"}
-    for field, value in given.items():
-        _settings.renamed(
-            owner, names[field], f"resend=RetryPolicy({field}={value!r})", stacklevel=4
-        )
-    if resend != RESEND:
-        raise ConfigurationError(
-            f"{owner}: pass resend= or {', '.join(names[f] for f in given)}=, not both"
-        )
-    try:
-        return dataclasses.replace(resend, **given)
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{owner}: {exc}") from None
 
 
 class HTTPProducer(Producer[T]):
@@ -181,7 +106,7 @@ class HTTPProducer(Producer[T]):
         ssl: ssl_module.SSLContext | None = None,
         send_timeout: float = 30.0,
         connect_timeout: float = 10.0,
-        resend: RetryPolicy = RESEND,
+        resend: RetryPolicy = _config.RESEND,
         max_connections: int = 100,
         # deprecated, for one release: send_timeout=, resend=RetryPolicy(...)
         timeout: float | None = None,
@@ -201,7 +126,9 @@ class HTTPProducer(Producer[T]):
         self.connect_timeout = _settings.seconds(
             owner, "connect_timeout", connect_timeout, positive=True
         )
-        self.resend = _resend_policy(owner, resend, retries, retry_backoff, max_retry_backoff)
+        self.resend = _config.resend_policy(
+            owner, resend, retries, retry_backoff, max_retry_backoff
+        )
         self.max_connections = _settings.integer(
             owner, "max_connections", max_connections, minimum=1
         )
@@ -384,9 +311,9 @@ class HTTPProducer(Producer[T]):
                         if whole is not None or not wait.timed_out():
                             raise  # the caller's cancellation, or the budget (below)
                         timed_out = TimeoutError()  # as aiohttp's own timer raised it
-                        raise _client_error(timed_out, url) from timed_out
+                        raise client_error(timed_out, url) from timed_out
                     except (aiohttp.ClientError, TimeoutError) as exc:
-                        raise _client_error(exc, url) from exc
+                        raise client_error(exc, url) from exc
                     finally:
                         if whole is None:
                             deadlines.finish(wait)
@@ -394,7 +321,7 @@ class HTTPProducer(Producer[T]):
                         raise self._delivery_error(target, url, status, reply)
                     return status, reply, content_type
                 except (ConnectError, DeliveryError) as exc:
-                    if attempt > self.resend.attempts or not _retryable(exc):
+                    if attempt > self.resend.attempts or not retryable(exc):
                         raise
                     delay = backoff_delay(attempt, self.resend.delay, self.resend.max_delay)
                     logger.debug(
@@ -443,7 +370,7 @@ class HTTPProducer(Producer[T]):
         except msgspec.DecodeError:
             body = reply.decode("utf-8", "replace")[:2000]
         return DeliveryError(
-            f"{target.method} {url.with_query(None)} answered {status} ({_error_summary(body)})",
+            f"{target.method} {url.with_query(None)} answered {status} ({error_summary(body)})",
             status=status,
             body=body,
         )
