@@ -4,6 +4,7 @@ from streamtools._base import Capabilities, Consumer, Producer, Route
 from streamtools._codec import Metadata, current_metadata
 from streamtools._contracts import register_contracts, registered_contracts
 from streamtools._factory import HandleMsgs, HandlerFactory
+from streamtools._middleware import ConsumeNext, Middleware, PublishNext
 from streamtools._public import report_as as _report_as
 from streamtools._registry import (
     CONSUMER_LOOPS,
@@ -11,7 +12,9 @@ from streamtools._registry import (
     HTTP,
     KAFKA,
     MEMORY,
+    NATS,
     PRODUCERS,
+    REDIS,
     RMQ,
     ConsumerClass,
     ProducerClass,
@@ -49,13 +52,16 @@ __all__ = [
     "HTTP",
     "KAFKA",
     "MEMORY",
+    "NATS",
     "PRODUCERS",
+    "REDIS",
     "RMQ",
     "Capabilities",
     "CodecError",
     "CodegenError",
     "ConfigurationError",
     "ConnectError",
+    "ConsumeNext",
     "Consumer",
     "ConsumerClass",
     "ConsumerFactory",
@@ -69,10 +75,12 @@ __all__ = [
     "HandlerFactory",
     "Limits",
     "Metadata",
+    "Middleware",
     "OutsideHandlerError",
     "Producer",
     "ProducerClass",
     "PublishError",
+    "PublishNext",
     "Queue",
     "QueueNameError",
     "Registry",

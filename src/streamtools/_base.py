@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self
@@ -30,6 +30,7 @@ from streamtools._codec import (
     new_metadata,
 )
 from streamtools._contracts import resolve_queue
+from streamtools._middleware import ConsumeNext, Middleware, checked, consume_chain, publish_chain
 from streamtools._settings import DEPRECATED
 from streamtools._types import Handler, Queue, R, T
 from streamtools.errors import (
@@ -189,12 +190,16 @@ class Producer(_Endpoint, Generic[T]):
         message_type: type[T] | None = None,
         source: str | None = None,
         validate: bool = True,
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
         super().__init__()
         self.queue: Queue[T] = resolve_queue(queue, message_type)
         self.source = source or default_source()
         self.validate = validate
         self._codec: Codec[T] = codec_for(self.queue.message_type)
+        self.middlewares = checked(type(self).__name__, middlewares)
+        # The publish chain, built once; None without a publish middleware (the direct path).
+        self._publish = publish_chain(self.middlewares, self._publish_last)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.queue.name!r})"
@@ -208,6 +213,10 @@ class Producer(_Endpoint, Generic[T]):
         if not self._ready:
             await self.a_init()
         codec = self._codec_for_send(options)
+        if self._publish is not None:
+            meta = new_metadata(codec.type_name, self.source, codec.content_type)
+            result: str = await self._publish(msg, meta, options)
+            return result
         body = codec.encode(msg, validate=self.validate)
         meta = new_metadata(codec.type_name, self.source, codec.content_type)
         if _telemetry.active():
@@ -216,6 +225,19 @@ class Producer(_Endpoint, Generic[T]):
             return meta.id
         await self._send(body, meta, options)
         return meta.id
+
+    async def _publish_last(self, msg: T, meta: Metadata, options: Mapping[str, object]) -> str:
+        """The publish chain's last step: validate, encode and send; the message id."""
+        body = self._codec_for_send(options).encode(msg, validate=self.validate)
+        await self._deliver(body, meta, options)
+        return meta.id
+
+    async def _deliver(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
+        if _telemetry.active():
+            with _telemetry.sending(self, (meta,)) as (traced,):
+                await self._send(body, traced, options)
+            return
+        await self._send(body, meta, options)
 
     async def send_encoded(self, body: bytes, meta: Metadata, **options: object) -> str:
         """Send a message already encoded in `meta.content_type`, with the metadata given.
@@ -227,11 +249,7 @@ class Producer(_Endpoint, Generic[T]):
         """
         if not self._ready:
             await self.a_init()
-        if _telemetry.active():
-            with _telemetry.sending(self, (meta,)) as (traced,):
-                await self._send(body, traced, options)
-            return meta.id
-        await self._send(body, meta, options)
+        await self._deliver(body, meta, options)
         return meta.id
 
     async def send_many(self, msgs: Iterable[T], **options: object) -> list[str]:
@@ -243,14 +261,25 @@ class Producer(_Endpoint, Generic[T]):
         if not self._ready:
             await self.a_init()
         codec = self._codec_for_send(options)
+        messages = list(msgs)
         prepared = [
             (
                 codec.encode(msg, validate=self.validate),
                 new_metadata(codec.type_name, self.source, codec.content_type),
             )
-            for msg in msgs
+            for msg in messages
         ]
-        if _telemetry.active():
+        publish = self._publish
+        if publish is not None:
+            # Every message validated above; each then goes through the middlewares.
+            results: list[object] = await asyncio.gather(
+                *(
+                    publish(msg, meta, options)
+                    for msg, (_, meta) in zip(messages, prepared, strict=True)
+                ),
+                return_exceptions=True,
+            )
+        elif _telemetry.active():
             with _telemetry.sending(self, [meta for _, meta in prepared]) as metas:
                 prepared = [(body, meta) for (body, _), meta in zip(prepared, metas, strict=True)]
                 results = await self._send_all(prepared, options)
@@ -287,13 +316,18 @@ class Producer(_Endpoint, Generic[T]):
         if not self._ready:
             await self.a_init()
         codec = self._codec_for_send(options)
-        body = codec.encode(msg, validate=self.validate)
+
+        async def last(msg: T, meta: Metadata, options: Mapping[str, object]) -> tuple[bytes, str]:
+            body = self._codec_for_send(options).encode(msg, validate=self.validate)
+            if _telemetry.active():
+                with _telemetry.sending(self, (meta,), "request") as (traced,):
+                    return await self._request(body, traced, timeout, options)
+            return await self._request(body, meta, timeout, options)
+
         meta = new_metadata(codec.type_name, self.source, codec.content_type)
-        if _telemetry.active():
-            with _telemetry.sending(self, (meta,), "request") as (meta,):
-                reply, content_type = await self._request(body, meta, timeout, options)
-        else:
-            reply, content_type = await self._request(body, meta, timeout, options)
+        # With publish middleware, the raw reply (body, content type) is what they pass back.
+        chain = publish_chain(self.middlewares, last) if self._publish is not None else None
+        reply, content_type = await (chain or last)(msg, meta, options)
         try:
             return codec_for(reply_type, content_type).decode(reply)
         except ValueError as exc:  # an unknown content type from the peer
@@ -339,11 +373,15 @@ class Consumer(_Endpoint, Generic[T]):
         *,
         message_type: type[T] | None = None,
         shutdown_timeout: float = 30.0,
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
         super().__init__()
         self.queue: Queue[T] = resolve_queue(queue, message_type)
         self.shutdown_timeout = shutdown_timeout
         self.routes: list[Route[T]] = []
+        self.middlewares = checked(type(self).__name__, middlewares)
+        # Per route (by id), the handler behind the consume middlewares; built at start().
+        self._chains: dict[int, ConsumeNext] = {}
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -418,8 +456,18 @@ class Consumer(_Endpoint, Generic[T]):
             )
         await self.a_init()
         if not self._started:
+            self._chains = {}
+            for route in self.routes:
+                chain = consume_chain(self.middlewares, _handler_step(route.handler))
+                if chain is not None:
+                    self._chains[id(route)] = chain
             await self._start()
             self._started = True
+
+    def _wrap(self, outer: Sequence[Middleware]) -> None:
+        """Put `outer` around this consumer's own middlewares (a factory's, a runner's);
+        before `start()`."""
+        self.middlewares = (*checked(type(self).__name__, outer), *self.middlewares)
 
     async def _shutdown(self) -> None:
         self._stopped.set()
@@ -452,6 +500,11 @@ class Consumer(_Endpoint, Generic[T]):
         msg = codec.decode(body)
         token = _current.set(meta)
         try:
+            if self._chains:
+                chain = self._chains.get(id(route))
+                if chain is not None:
+                    reply: msgspec.Struct | None = await chain(msg, meta)
+                    return reply
             return await route.handler(msg)
         except StreamtoolsError as exc:
             raise HandlerError(f"handler failed on message {meta.id}: {exc}") from exc
@@ -508,6 +561,15 @@ class Consumer(_Endpoint, Generic[T]):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=_ABORT_GRACE)
+
+
+def _handler_step(handler: Handler[Any]) -> ConsumeNext:
+    """The consume chain's last step: the handler, given the message alone."""
+
+    async def call(msg: Any, meta: Metadata) -> Any:
+        return await handler(msg)
+
+    return call
 
 
 def encode_reply(reply: msgspec.Struct | None, content_type: str) -> bytes:

@@ -37,7 +37,7 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -46,6 +46,7 @@ from streamtools import _telemetry
 from streamtools._base import Consumer, Route, encode_reply
 from streamtools._binding import carried
 from streamtools._codec import Metadata
+from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, policy
 from streamtools._types import Queue, T
 from streamtools.errors import (
@@ -161,11 +162,17 @@ class QueuedConsumer(Consumer[T]):
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
+        middlewares: Sequence[Middleware] = (),
         **deprecated: object,
     ) -> None:
         """`deprecated`: the subclass's old keywords (`max_retries=`, `prefetch=`, ...), None
         where not given; each given one is taken with a DeprecationWarning (`policy`)."""
-        super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            shutdown_timeout=shutdown_timeout,
+            middlewares=middlewares,
+        )
         self.retry, self.limits = policy(type(self).__name__, retry, limits, deprecated)
         self.max_retries = self.retry.attempts
         self.retry_delay = self.retry.delay

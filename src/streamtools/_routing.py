@@ -8,11 +8,12 @@ environment and opens nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast
 
 from streamtools._base import Capabilities, Consumer
 from streamtools._contracts import resolve_queue
+from streamtools._middleware import Middleware, checked
 from streamtools._registry import CONSUMER_LOOPS
 from streamtools._types import Handler, Queue, T
 from streamtools.errors import ConfigurationError
@@ -40,6 +41,8 @@ class ConsumerFactory:
         queue_type: str,
         port: int | None = None,
         host: str | None = None,
+        *,
+        middlewares: Sequence[Middleware] = (),
         **settings: object,
     ) -> None:
         self.queue_type = queue_type
@@ -47,6 +50,8 @@ class ConsumerFactory:
         self.port = port
         self.host = host
         self.settings = settings
+        if middlewares:  # every consumer of the factory gets them (a consumer setting)
+            self.settings["middlewares"] = checked("ConsumerFactory", middlewares)
         self.handlers: dict[str, Handler[Any]] = {}
         """Queue name -> its first routed handler (known without building anything)."""
         self._recorded: list[_Recorded] = []
@@ -61,7 +66,7 @@ class ConsumerFactory:
             queue_type or self.queue_type,
             port=port if port is not None else self.port,
             host=host if host is not None else self.host,
-            **self.settings,
+            **cast(dict[str, Any], self.settings),  # middlewares= among them, checked once
         )
         for recorded in self._recorded:
             other.route(recorded.queue, message_type=recorded.message_type, **recorded.options)(

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from streamtools import _telemetry
@@ -28,6 +28,7 @@ from streamtools._health import (
     serve_endpoints,
 )
 from streamtools._logging import default_logging
+from streamtools._middleware import Middleware
 from streamtools._types import Handler
 from streamtools.errors import ConfigurationError, StreamtoolsError
 
@@ -72,6 +73,7 @@ class ConsumerRunner:
         metrics: bool | None = None,
         metrics_registry: Any = None,
         uvloop: bool | None = None,
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
         self.consumers: list[Consumer[Any]] = list(
             consumers.values() if isinstance(consumers, Mapping) else consumers
@@ -79,6 +81,8 @@ class ConsumerRunner:
         if not self.consumers:
             raise ConfigurationError("ConsumerRunner needs at least one consumer")
         for consumer in self.consumers:
+            if middlewares:  # outside each consumer's own
+                consumer._wrap(middlewares)
             handler = (handlers or {}).get(consumer.queue.name)
             if not consumer.routes:
                 if handler is None:

@@ -75,9 +75,11 @@ class Harness:
         self.used_queues.append(queue.name)
         return CONSUMER_LOOPS[self.name](queue, **{**self.consumer_settings, **overrides})
 
-    def producer(self, queue: Queue[T], consumer: Consumer[Any] | None = None) -> Producer[T]:
+    def producer(
+        self, queue: Queue[T], consumer: Consumer[Any] | None = None, **overrides: object
+    ) -> Producer[T]:
         self.used_queues.append(queue.name)
-        return PRODUCERS[self.name](queue, **self.producer_settings(consumer))
+        return PRODUCERS[self.name](queue, **{**self.producer_settings(consumer), **overrides})
 
 
 # Fast retries so the failure tests finish quickly; attempts=2 means 3 attempts in all.

@@ -13,10 +13,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
+import msgspec
 import pytest
 
-from streamtools import Consumer, Limits, PublishError, StreamtoolsError
+from streamtools import (
+    ConsumeNext,
+    Consumer,
+    Limits,
+    Metadata,
+    Middleware,
+    PublishError,
+    PublishNext,
+    StreamtoolsError,
+)
 from tests.conformance.conftest import ConfMessage, Harness
 from tests.conformance.test_conformance import (
     WAIT,
@@ -203,3 +215,46 @@ async def test_a_producer_closed_mid_burst_loses_nothing_it_confirmed(harness: H
     assert len(confirmed) + len(failed) == 300
     assert all(isinstance(exc, PublishError | StreamtoolsError) for exc in failed)
     assert confirmed <= got.seqs
+
+
+class _Stamp(Middleware):
+    """Publish: tags every message; consume: records it, and settles `skip` unhandled."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str]] = []
+
+    async def publish(
+        self, msg: Any, meta: Metadata, options: Mapping[str, object], call_next: PublishNext
+    ) -> Any:
+        return await call_next(
+            msgspec.structs.replace(msg, tag=msg.tag or "stamped"), meta, options
+        )
+
+    async def consume(self, msg: Any, meta: Metadata, call_next: ConsumeNext) -> Any:
+        self.seen.append((msg.seq, msg.tag))
+        if msg.tag == "skip":
+            return None  # settled as handled, the handler not called
+        return await call_next(msg, meta)
+
+
+async def test_middleware_runs_around_send_and_handler(harness: Harness) -> None:
+    """The same middleware on every transport: the publish side changes the message before
+    it is validated and sent, the consume side sees the decoded message, and one that
+    returns without calling the next step settles the message (never redelivered)."""
+    queue = new_queue()
+    stamp = _Stamp()
+    consumer, got = collecting_consumer_with(harness, queue, middlewares=[stamp])
+    await consumer.start()
+    try:
+        async with harness.producer(queue, consumer) as plain:
+            await plain.send(make_message(99, tag="skip"))
+        async with harness.producer(queue, consumer, middlewares=[stamp]) as producer:
+            for i in range(20):
+                await producer.send(make_message(i))
+        await got.wait_for(lambda: len(got.seqs) == 20, "20 stamped messages")
+    finally:
+        await consumer.close()
+    assert got.seqs == set(range(20))
+    assert {m.tag for m, _ in got.messages} == {"stamped"}
+    assert stamp.seen.count((99, "skip")) == 1
+    assert {seq for seq, tag in stamp.seen if tag == "stamped"} == set(range(20))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from streamtools._base import Capabilities, Producer
 from streamtools._codec import Metadata
 from streamtools._delivery import Incoming, QueuedConsumer
+from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, integer
 from streamtools._types import Queue, T
 from streamtools.errors import (
@@ -106,9 +107,16 @@ class MemoryProducer(Producer[T]):
         message_type: type[T] | None = None,
         source: str | None = None,
         validate: bool = True,
+        middlewares: Sequence[Middleware] = (),
         broker: MemoryBroker | None = None,
     ) -> None:
-        super().__init__(queue, message_type=message_type, source=source, validate=validate)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            source=source,
+            validate=validate,
+            middlewares=middlewares,
+        )
         self._broker = broker
 
     async def _open(self) -> None:
@@ -208,6 +216,7 @@ class MemoryConsumer(QueuedConsumer[T]):
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
+        middlewares: Sequence[Middleware] = (),
         broker: MemoryBroker | None = None,
         # deprecated, for one release: retry=RetryPolicy(...), limits=Limits(...)
         max_in_flight: int | None = None,
@@ -222,6 +231,7 @@ class MemoryConsumer(QueuedConsumer[T]):
             retry=retry,
             limits=limits,
             shutdown_timeout=shutdown_timeout,
+            middlewares=middlewares,
             max_in_flight=max_in_flight,
             max_retries=max_retries,
             retry_delay=retry_delay,

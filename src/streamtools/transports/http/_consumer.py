@@ -7,6 +7,7 @@ import hmac
 import logging
 import re
 import ssl as ssl_module
+from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from streamtools._base import Capabilities, Consumer, Route, encode_reply
 from streamtools._binding import CE
 from streamtools._codec import CONTENT_TYPES, JSON, Metadata, type_name
 from streamtools._health import Endpoint
+from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, Limits
 from streamtools._types import Queue, T
 from streamtools.errors import (
@@ -113,11 +115,17 @@ class HTTPConsumer(Consumer[T]):
         keepalive_timeout: float = 75.0,
         max_connections: int | None = None,
         shutdown_timeout: float = 30.0,
+        middlewares: Sequence[Middleware] = (),
         # deprecated, for one release: limits=Limits(max_message_size=..., max_in_flight=...)
         max_body_size: int | None = None,
         max_in_flight: int | None = None,
     ) -> None:
-        super().__init__(queue, message_type=message_type, shutdown_timeout=shutdown_timeout)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            shutdown_timeout=shutdown_timeout,
+            middlewares=middlewares,
+        )
         owner = type(self).__name__
         if self.queue.name == HEALTH_PATH:
             raise ConfigurationError(

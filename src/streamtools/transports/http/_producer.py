@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import ssl as ssl_module
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ from streamtools._binding import CE
 from streamtools._codec import JSON, Codec, Metadata, codec_for
 from streamtools._deadlines import Deadlines
 from streamtools._delivery import backoff_delay
+from streamtools._middleware import Middleware
 from streamtools._settings import RetryPolicy
 from streamtools._types import Queue, T
 from streamtools.errors import (
@@ -100,6 +101,7 @@ class HTTPProducer(Producer[T]):
         message_type: type[T] | None = None,
         source: str | None = None,
         validate: bool = True,
+        middlewares: Sequence[Middleware] = (),
         host: str | None = None,
         port: int | None = None,
         token: str | None = None,
@@ -114,7 +116,13 @@ class HTTPProducer(Producer[T]):
         retry_backoff: float | None = None,
         max_retry_backoff: float | None = None,
     ) -> None:
-        super().__init__(queue, message_type=message_type, source=source, validate=validate)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            source=source,
+            validate=validate,
+            middlewares=middlewares,
+        )
         owner = type(self).__name__
         self.host = _config.env_host(owner, host)
         self.port = _config.env_port(owner, port, allow_zero=False)

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import ssl as _ssl
+from collections.abc import Sequence
 from typing import Any, Final
 
 import aiokafka  # type: ignore[import-untyped]
@@ -30,6 +31,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from streamtools._base import Capabilities
 from streamtools._codec import Metadata, type_name
 from streamtools._delivery import DeliveryLost, Incoming, QueuedConsumer
+from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, seconds
 from streamtools._types import Queue, T
 from streamtools._window import SettleWindow
@@ -165,6 +167,7 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
+        middlewares: Sequence[Middleware] = (),
         session_timeout: float = 10.0,
         idempotence: bool | None = None,
         partitions: int = 3,
@@ -182,6 +185,7 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
             retry=retry,
             limits=limits,
             shutdown_timeout=shutdown_timeout,
+            middlewares=middlewares,
             max_in_flight=max_in_flight,
             max_retries=max_retries,
             retry_delay=retry_delay,

@@ -7,12 +7,13 @@ Send options: `key=` (records with one key go to one partition and keep their or
 from __future__ import annotations
 
 import ssl as _ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from streamtools._base import Producer
 from streamtools._codec import Metadata
 from streamtools._delivery import dead_letter_queue
+from streamtools._middleware import Middleware
 from streamtools._settings import seconds
 from streamtools._types import Queue, T
 from streamtools.errors import ConfigurationError
@@ -41,6 +42,7 @@ class KafkaProducer(KafkaEndpoint, Producer[T]):
         message_type: type[T] | None = None,
         source: str | None = None,
         validate: bool = True,
+        middlewares: Sequence[Middleware] = (),
         bootstrap_servers: str | None = None,
         client_id: str | None = None,
         ssl: _ssl.SSLContext | None = None,
@@ -53,7 +55,13 @@ class KafkaProducer(KafkaEndpoint, Producer[T]):
         partitions: int = 3,
         replication_factor: int | None = None,
     ) -> None:
-        super().__init__(queue, message_type=message_type, source=source, validate=validate)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            source=source,
+            validate=validate,
+            middlewares=middlewares,
+        )
         self._connect(
             f"producer {self.queue.name}",
             bootstrap_servers=bootstrap_servers,

@@ -25,6 +25,7 @@ from streamtools._binding import CE, content_type
 from streamtools._codec import Metadata, type_name
 from streamtools._delivery import QueuedConsumer
 from streamtools._foreign.aiormq import is_consuming, on_consumer_cancel
+from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy
 from streamtools._types import Queue, T
 from streamtools._window import SettleWindow
@@ -78,6 +79,7 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
+        middlewares: Sequence[Middleware] = (),
         queue_type: QueueType = "quorum",
         failover: Failover | None = None,
         # deprecated, for one release: retry=RetryPolicy(...), limits=Limits(...)
@@ -93,6 +95,7 @@ class RabbitMQConsumer(_RabbitEndpoint, QueuedConsumer[T]):
             retry=retry,
             limits=limits,
             shutdown_timeout=shutdown_timeout,
+            middlewares=middlewares,
             prefetch=prefetch,
             max_retries=max_retries,
             retry_delay=retry_delay,

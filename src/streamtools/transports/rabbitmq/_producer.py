@@ -12,6 +12,7 @@ from typing import Final
 from streamtools._base import Producer
 from streamtools._binding import CE
 from streamtools._codec import Metadata
+from streamtools._middleware import Middleware
 from streamtools._settings import seconds
 from streamtools._types import Queue, T
 from streamtools.errors import ConfigurationError, ReplyTimeoutError
@@ -42,6 +43,7 @@ class RabbitMQProducer(_RabbitEndpoint, Producer[T]):
         message_type: type[T] | None = None,
         source: str | None = None,
         validate: bool = True,
+        middlewares: Sequence[Middleware] = (),
         url: str | Sequence[str] | None = None,
         ssl: _ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
@@ -49,7 +51,13 @@ class RabbitMQProducer(_RabbitEndpoint, Producer[T]):
         queue_type: QueueType = "quorum",
         failover: Failover | None = None,
     ) -> None:
-        super().__init__(queue, message_type=message_type, source=source, validate=validate)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            source=source,
+            validate=validate,
+            middlewares=middlewares,
+        )
         self._settings = _settings(
             type(self).__name__, url, ssl, connect_timeout, queue_type, failover
         )
