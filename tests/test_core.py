@@ -41,16 +41,23 @@ def test_registry_resolves_names_and_aliases() -> None:
     consumers: list[object] = [CONSUMER_LOOPS["memory"]]
     assert consumers == [MemoryConsumer]
     assert "rabbitmq" in PRODUCERS
-    assert sorted(PRODUCERS) == ["HTTPHandler", "KafkaHandler", "MemoryHandler", "RMQIOHandler"]
+    assert sorted(PRODUCERS) == [
+        "HTTPHandler",
+        "KafkaHandler",
+        "MemoryHandler",
+        "NATSHandler",
+        "RMQIOHandler",
+        "RedisHandler",
+    ]
 
 
 def test_unknown_transport_lists_the_known_ones() -> None:
     with pytest.raises(KeyError) as info:
-        PRODUCERS["NatsHandler"]
+        PRODUCERS["ZeroMQHandler"]
     assert isinstance(info.value, UnknownTransportError)
     assert isinstance(info.value, ConfigurationError)
     message = str(info.value)
-    assert "'NatsHandler'" in message
+    assert "'ZeroMQHandler'" in message
     for name in (
         "HTTPHandler",
         "KafkaHandler",

@@ -18,6 +18,8 @@ HTTP: Final = "HTTPHandler"
 RMQ: Final = "RMQIOHandler"
 MEMORY: Final = "MemoryHandler"
 KAFKA: Final = "KafkaHandler"
+NATS: Final = "NATSHandler"
+REDIS: Final = "RedisHandler"
 
 
 class ProducerClass(Protocol):
@@ -122,12 +124,16 @@ _BUILTIN: Final[Mapping[str, tuple[str, str, str]]] = {
     MEMORY: ("streamtools.transports.memory", "MemoryProducer", "MemoryConsumer"),
     RMQ: ("streamtools.transports.rabbitmq", "RabbitMQProducer", "RabbitMQConsumer"),
     KAFKA: ("streamtools.transports.kafka", "KafkaProducer", "KafkaConsumer"),
+    NATS: ("streamtools.transports.nats", "NATSProducer", "NATSConsumer"),
+    REDIS: ("streamtools.transports.redis", "RedisProducer", "RedisConsumer"),
 }
 _ALIASES: Final[Mapping[str, tuple[str, ...]]] = {
     MEMORY: ("memory",),
     HTTP: ("http",),
     RMQ: ("rabbitmq", "rmq", "amqp"),
     KAFKA: ("kafka",),
+    NATS: ("nats", "jetstream"),
+    REDIS: ("redis",),
 }
 
 

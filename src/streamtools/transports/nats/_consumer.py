@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import nats.errors
@@ -34,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from streamtools._base import Capabilities
 from streamtools._codec import Metadata, type_name
 from streamtools._delivery import DeliveryLost, Incoming, QueuedConsumer
+from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, seconds
 from streamtools._types import Queue, T
 from streamtools.errors import ConfigurationError, StreamtoolsError
@@ -145,7 +146,12 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
     """
 
     capabilities = Capabilities(
-        queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=True
+        queued=True,
+        persistent=True,
+        redelivery=True,
+        dead_letter=True,
+        request_reply=True,
+        ordered=True,
     )
 
     def __init__(
@@ -163,6 +169,7 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
         retry: RetryPolicy = DEFAULT_RETRY,
         limits: Limits = DEFAULT_LIMITS,
         shutdown_timeout: float = 30.0,
+        middlewares: Sequence[Middleware] = (),
         ack_wait: float = 30.0,
         replicas: int = 1,
     ) -> None:
@@ -172,6 +179,7 @@ class NATSConsumer(NATSEndpoint, QueuedConsumer[T]):
             retry=retry,
             limits=limits,
             shutdown_timeout=shutdown_timeout,
+            middlewares=middlewares,
         )
         self._connect(
             f"consumer {self.queue.name}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as _ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import nats.errors
@@ -21,6 +21,7 @@ from streamtools._base import Producer
 from streamtools._binding import content_type
 from streamtools._codec import Metadata
 from streamtools._delivery import dead_letter_queue
+from streamtools._middleware import Middleware
 from streamtools._settings import seconds
 from streamtools._types import Queue, T
 from streamtools.errors import ConfigurationError, PublishError, ReplyTimeoutError
@@ -55,6 +56,7 @@ class NATSProducer(NATSEndpoint, Producer[T]):
         message_type: type[T] | None = None,
         source: str | None = None,
         validate: bool = True,
+        middlewares: Sequence[Middleware] = (),
         servers: str | None = None,
         user: str | None = None,
         password: str | None = None,
@@ -65,7 +67,13 @@ class NATSProducer(NATSEndpoint, Producer[T]):
         send_timeout: float = 30.0,
         replicas: int = 1,
     ) -> None:
-        super().__init__(queue, message_type=message_type, source=source, validate=validate)
+        super().__init__(
+            queue,
+            message_type=message_type,
+            source=source,
+            validate=validate,
+            middlewares=middlewares,
+        )
         self._connect(
             f"producer {self.queue.name}",
             self.queue.name,
