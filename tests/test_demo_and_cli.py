@@ -107,8 +107,8 @@ def test_cli_queues_lists_the_contracts() -> None:
             "malformed application/json",
         ),
         (
-            ["send", "q", "{}", "--transport", "NatsHandler"],
-            "unknown producer transport 'NatsHandler'",
+            ["send", "q", "{}", "--transport", "ZeroMQHandler"],
+            "unknown producer transport 'ZeroMQHandler'",
         ),
         (["run", "no.such.module:app"], "cannot import 'no.such.module'"),
         (["run", "examples.orders:make_order"], "expected a ConsumerFactory or a ConsumerRunner"),

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from examples.contracts import Customer, LineItem, OrderCreated
-from streamtools import HTTP, PRODUCERS, RMQ, DeliveryError, PublishError, Queue
+from streamtools import HTTP, PRODUCERS, RMQ, DeliveryError, PublishError, Queue, RetryPolicy
 from streamtools import ConnectError as StreamtoolsConnectError
 from tests.conftest import RMQ_URL, eventually, free_port, unique_name
 from tests.support.queues import delete_queues
@@ -148,7 +148,9 @@ async def test_sigterm_mid_burst_over_http_answers_every_request(tmp_path: Path)
     ) as svc:
         await svc.wait_healthy()
         queue = Queue(name, OrderCreated)
-        producer = PRODUCERS[HTTP](queue, host="127.0.0.1", port=svc.port, retries=0)
+        producer = PRODUCERS[HTTP](
+            queue, host="127.0.0.1", port=svc.port, resend=RetryPolicy(attempts=0)
+        )
         accepted: list[str] = []
         refused: list[BaseException] = []
 
