@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from streamtools.transports.nats import NATSConsumer, NATSProducer
 from streamtools.transports.nats._streams import stream_name
 from tests.conftest import unique_name
 from tests.support.consumer_child import Tick, kill_midway
-from tests.transports.test_rabbitmq_resilience import Ledger
+from tests.support.tcp_proxy import TcpProxy
+from tests.transports.test_rabbitmq_resilience import (
+    Ledger,
+    confirmed_at_least,
+    send_batch,
+    send_until,
+    until_handled,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +120,59 @@ async def test_sigkilled_consumer_then_another_member_finishes_with_nothing_lost
     # Acknowledged only after the handler: what the killed member finished and acknowledged
     # is not handled again, except those whose ack the kill cut off.
     assert len(again) <= 20, summary
+
+
+async def test_cut_connections_lose_nothing_confirmed(queue: str) -> None:
+    """Producer and consumer talk to the shared server through a TCP proxy whose connections
+    are reset eight times while 8 loops send, then refused for 2.5 s: every send that
+    returned is handled (nats-py reconnects; a send retried over the cut keeps its
+    Nats-Msg-Id, so JetStream stores it once)."""
+    ledger = Ledger()
+    cuts: list[int] = []
+    async with TcpProxy("127.0.0.1", 4222) as proxy:
+        servers = f"nats://127.0.0.1:{proxy.port}"
+        consumer = NATSConsumer(
+            Queue(queue, Tick),
+            servers=servers,
+            limits=Limits(max_in_flight=20),
+            retry=RetryPolicy(attempts=3, delay=0.05),
+            ack_wait=ACK_WAIT,
+            shutdown_timeout=10,
+        )
+
+        @consumer()
+        async def handle(msg: Tick) -> None:
+            ledger.handle(current_metadata().id)
+
+        producer = NATSProducer(Queue(queue, Tick), servers=servers, send_timeout=20)
+        try:
+            async with asyncio.timeout(180):
+                await consumer.start()
+                await producer.a_init()
+                stop = asyncio.Event()
+
+                async def cutter() -> None:
+                    try:
+                        await confirmed_at_least(ledger, 40)
+                        for _ in range(8):
+                            cuts.append(proxy.cut_all())
+                            await asyncio.sleep(random.uniform(0.3, 0.5))
+                        proxy.pause()
+                        cuts.append(proxy.cut_all())
+                        await asyncio.sleep(2.5)
+                        proxy.resume()
+                    finally:
+                        stop.set()
+
+                await asyncio.gather(send_until(producer, ledger, stop, limit=500), cutter())
+                tail = max(30, 300 - len(ledger.confirmed) - ledger.not_confirmed)
+                await send_batch(producer, ledger, tail, first=10_000)
+                await until_handled(ledger)
+        finally:
+            await producer.close()
+            await consumer.close()
+    summary = ledger.summary("NATS cut connections")
+    print(f"\n{summary}; connections cut per cut: {cuts}; refused while paused: {proxy.refused}")
+    assert cuts[0] >= 1, "the first cut should hit a live connection"
+    assert proxy.accepted > 2, "nobody reconnected through the proxy"
+    assert ledger.lost() == set(), summary
