@@ -181,6 +181,22 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "the consume middlewares run innermost first (issue #24)",
+        "src/streamtools/_middleware.py",
+        "    for middleware in reversed(middlewares):\n        if type(middleware).consume",
+        "    for middleware in middlewares:\n        if type(middleware).consume",
+        ("tests/test_middleware.py::test_order_is_the_list_order_outermost_first",),
+    ),
+    Mutant(
+        "a RabbitMQ consumer's prefetch ignores limits.max_in_flight (issue #21)",
+        "src/streamtools/_settings.py",
+        '    "prefetch": ("limits", "max_in_flight"),',
+        '    "prefetch": ("retry", "attempts"),',
+        (
+            "tests/test_delivery.py::test_an_old_keyword_still_works_for_one_release_with_a_warning_at_the_caller",
+        ),
+    ),
+    Mutant(
         "a deleted .dlq or .retry queue is not declared again (issue #21)",
         "src/streamtools/transports/rabbitmq/_incoming.py",
         "            await link.declare(consumer._topology())\n            await publish()",
