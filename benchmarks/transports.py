@@ -29,6 +29,29 @@ def builders(quick: bool) -> list[Callable[[], list[Case]]]:
         found.append(lambda: kafka.consume_cases(5_000 * scale))
     else:
         print("(Kafka cases skipped: install streamtools[kafka])")
+    if importlib.util.find_spec("nats") is not None:
+        from benchmarks import nats
+
+        if nats.reachable():
+            found.append(lambda: nats.publish_cases(5_000 * scale))
+            found.append(lambda: nats.consume_cases(5_000 * scale))
+        else:
+            print(f"(NATS cases skipped: no server at {nats.NATS_URL})")
+    else:
+        print("(NATS cases skipped: install streamtools[nats])")
+    if (
+        importlib.util.find_spec("redis") is not None
+        and importlib.util.find_spec("streamtools.transports.redis") is not None
+    ):
+        from benchmarks import redis
+
+        if redis.reachable():
+            found.append(lambda: redis.publish_cases(5_000 * scale))
+            found.append(lambda: redis.consume_cases(5_000 * scale))
+        else:
+            print(f"(Redis cases skipped: no server at {redis.REDIS_URL})")
+    else:
+        print("(Redis cases skipped: install streamtools[redis])")
     if importlib.util.find_spec("opentelemetry.sdk") and importlib.util.find_spec(
         "prometheus_client"
     ):
