@@ -180,7 +180,13 @@ class RedisConsumer(RedisEndpoint, QueuedConsumer[T]):
     """
 
     capabilities = Capabilities(
-        queued=True, persistent=True, redelivery=True, dead_letter=True, request_reply=False
+        queued=True,
+        persistent=True,
+        redelivery=True,
+        dead_letter=True,
+        request_reply=False,
+        ordered=True,  # one stream, one member with max_in_flight=1: in the order added
+        consumer_groups=True,
     )
 
     def __init__(
