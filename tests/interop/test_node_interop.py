@@ -39,7 +39,7 @@ import msgspec
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
-from streamtools import Queue, current_metadata
+from streamtools import Queue, RetryPolicy, current_metadata
 from streamtools._codec import codec_for
 from streamtools.transports.http import HTTPConsumer, HTTPProducer
 from streamtools.transports.kafka import KafkaConsumer, KafkaProducer
@@ -643,7 +643,10 @@ async def test_http_node_server_reads_the_exact_wire_json_streamtools_posts(
     async with node_peer(node, "http.mjs", "serve", "1") as server:
         port = (await server.event())["port"]
         async with HTTPProducer(
-            Queue(name, contracts.OrderPlaced), host="127.0.0.1", port=port, retries=0
+            Queue(name, contracts.OrderPlaced),
+            host="127.0.0.1",
+            port=port,
+            resend=RetryPolicy(attempts=0),
         ) as producer:
             ident = await producer.send(msg, endpoint=f"http://127.0.0.1:{port}/orders/in")
         [request] = await server.events(1)
