@@ -9,7 +9,8 @@ connection instead of opening hundreds.
 
 TLS with a given `ssl.SSLContext`: redis-py's asyncio client takes certificate files, not a
 context, so the pool's connections are `SSLConnection`s whose context holder returns ours
-(`RedisSSLContext.get()` returns a context already set; checked on redis-py 5.2 and 8.2).
+(`RedisSSLContext.get()` returns a context already set: a reach into redis-py internals,
+checked on 8.2 only; it belongs in `streamtools._foreign` with a pin).
 """
 
 from __future__ import annotations
