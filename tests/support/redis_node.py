@@ -93,7 +93,7 @@ class RedisNode:
                 return
             time.sleep(0.05)
         tail = self.log.read_text()[-2000:] if self.log.exists() else ""
-        self.stop()
+        self.cleanup()  # the tests start a node before their try: leave nothing behind
         raise RedisNodeError(f"redis-server on {self.port} did not start:\n{tail}")
 
     def stop(self) -> None:
