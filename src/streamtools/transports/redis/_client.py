@@ -8,9 +8,9 @@ refused login or ACL is never retried: it is raised at once, translated. The poo
 connection instead of opening hundreds.
 
 TLS with a given `ssl.SSLContext`: redis-py's asyncio client takes certificate files, not a
-context, so the pool's connections are `SSLConnection`s whose context holder returns ours
-(`RedisSSLContext.get()` returns a context already set: a reach into redis-py internals,
-checked on 8.2 only; it belongs in `streamtools._foreign` with a pin).
+context, so the pool's connections are `SSLConnection`s whose context holder returns ours: a
+reach into redis-py internals, fenced in `streamtools._foreign.redis` and pinned by
+`tests/foreign/test_redis_pins.py`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl as _ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import redis.asyncio
 import redis.exceptions
-from redis.asyncio.connection import RedisSSLContext, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from streamtools._foreign.redis import ContextSSLConnection
 from streamtools.errors import PublishError
 from streamtools.transports.redis._errors import transient, translate
 from streamtools.transports.redis._settings import Settings
@@ -40,22 +39,6 @@ MAX_BACKOFF: Final = 2.0
 CLOSE_GRACE: Final = 2.0  # seconds close() waits for commands still running
 
 R = TypeVar("R")
-
-
-class _GivenContext(RedisSSLContext):
-    """A context holder that returns the SSLContext it was given."""
-
-    def __init__(self, context: _ssl.SSLContext) -> None:
-        super().__init__()
-        self.context = context
-
-
-class _ContextSSLConnection(SSLConnection):
-    """An SSLConnection using the SSLContext the settings carry."""
-
-    def __init__(self, *, given_ssl_context: _ssl.SSLContext, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ssl_context = _GivenContext(given_ssl_context)
 
 
 class Client:
@@ -84,7 +67,7 @@ class Client:
             "retry": Retry(NoBackoff(), 0),
         }
         if self.settings.ssl is not None:
-            options["connection_class"] = _ContextSSLConnection
+            options["connection_class"] = ContextSSLConnection
             options["given_ssl_context"] = self.settings.ssl
         return redis.asyncio.BlockingConnectionPool(**options)
 
