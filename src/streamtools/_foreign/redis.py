@@ -8,7 +8,8 @@ exists to hand one over, so the pool's connections are `SSLConnection`s whose co
 returns `self.context` when it is set and builds one only when it is not.
 
 Checked on redis-py 8.2.0 (the installed version) and 5.2.0 (the floor in pyproject.toml:
-`make test-min` runs the pins and the Redis tests there); `tests/foreign/test_redis_pins.py` pins both.
+`make test-min` runs the pins and the Redis tests there); `tests/foreign/test_redis_pins.py`
+pins both.
 """
 
 from __future__ import annotations
