@@ -10,12 +10,31 @@ counted. The figures are printed as a table row.
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
-from streamtools import CONSUMER_LOOPS, PRODUCERS, REDIS, Limits, Queue, current_metadata
+import redis.asyncio
+
+from streamtools import (
+    CONSUMER_LOOPS,
+    PRODUCERS,
+    REDIS,
+    Limits,
+    Queue,
+    RetryPolicy,
+    current_metadata,
+)
 from tests.conftest import unique_name
 from tests.support.consumer_child import Tick, kill_midway
 from tests.support.redis_node import RedisNode
+from tests.support.tcp_proxy import TcpProxy
+from tests.transports.test_rabbitmq_resilience import (
+    Ledger,
+    confirmed_at_least,
+    send_batch,
+    send_until,
+    until_handled,
+)
 
 
 async def test_sigkilled_consumer_and_restarted_server_lose_nothing(tmp_path: Path) -> None:
@@ -83,3 +102,65 @@ async def test_sigkilled_consumer_and_restarted_server_lose_nothing(tmp_path: Pa
         assert not lost
     finally:
         await asyncio.to_thread(node.cleanup)
+
+
+async def test_cut_connections_lose_nothing_confirmed() -> None:
+    """Producer and consumer reach the shared server through a TCP proxy whose connections are
+    reset eight times while 8 loops send, then refused for 2.5 s: every send that returned
+    (XADD answered) is handled. A send whose answer the cut lost is sent again, so it may be
+    stored twice: a duplicate, never a loss."""
+    name = unique_name("st-redis-cut")
+    ledger = Ledger()
+    cuts: list[int] = []
+    try:
+        async with TcpProxy("127.0.0.1", 6379) as proxy:
+            url = f"redis://127.0.0.1:{proxy.port}/0"
+            consumer = CONSUMER_LOOPS[REDIS](
+                Queue(name, Tick),
+                url=url,
+                claim_idle=2.0,
+                limits=Limits(max_in_flight=20),
+                retry=RetryPolicy(attempts=3, delay=0.05),
+                shutdown_timeout=10,
+            )
+
+            @consumer()
+            async def handle(msg: Tick) -> None:
+                ledger.handle(current_metadata().id)
+
+            producer = PRODUCERS[REDIS](Queue(name, Tick), url=url, send_timeout=20)
+            try:
+                async with asyncio.timeout(180):
+                    await consumer.start()
+                    await producer.a_init()
+                    stop = asyncio.Event()
+
+                    async def cutter() -> None:
+                        try:
+                            await confirmed_at_least(ledger, 40)
+                            for _ in range(8):
+                                cuts.append(proxy.cut_all())
+                                await asyncio.sleep(random.uniform(0.3, 0.5))
+                            proxy.pause()
+                            cuts.append(proxy.cut_all())
+                            await asyncio.sleep(2.5)
+                            proxy.resume()
+                        finally:
+                            stop.set()
+
+                    await asyncio.gather(send_until(producer, ledger, stop, limit=500), cutter())
+                    tail = max(30, 300 - len(ledger.confirmed) - ledger.not_confirmed)
+                    await send_batch(producer, ledger, tail, first=10_000)
+                    await until_handled(ledger)
+            finally:
+                await producer.close()
+                await consumer.close()
+    finally:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=6379)
+        await client.delete(name, f"{name}.dlq")
+        await client.aclose()
+    summary = ledger.summary("Redis cut connections")
+    print(f"\n{summary}; connections cut per cut: {cuts}; refused while paused: {proxy.refused}")
+    assert cuts[0] >= 1, "the first cut should hit a live connection"
+    assert proxy.accepted > 2, "nobody reconnected through the proxy"
+    assert ledger.lost() == set(), summary
