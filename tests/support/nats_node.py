@@ -67,8 +67,10 @@ class NATSNode:
         password: str | None = None,
         token: str | None = None,
         port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.tls = tls  # (certificate chain, private key): the server requires TLS
         self.user = user
         self.password = password
         self.token = token
@@ -95,6 +97,8 @@ class NATSNode:
             command += ["--user", self.user, "--pass", self.password or ""]
         if self.token is not None:
             command += ["--auth", self.token]
+        if self.tls is not None:
+            command += ["--tls", "--tlscert", str(self.tls[0]), "--tlskey", str(self.tls[1])]
         return command
 
     def _tail(self) -> str:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
 import nats
 import nats.js.errors
 import pytest
+import trustme
 from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
@@ -577,3 +580,45 @@ async def test_an_unreachable_server_is_a_connect_error() -> None:
 
 async def test_errors_are_streamtools_errors() -> None:
     assert issubclass(ConnectError, StreamtoolsError)
+
+
+@needs_nats_server
+async def test_tls_with_an_ssl_context_and_a_refused_certificate(tmp_path: Path) -> None:
+    """A server that requires TLS: a client trusting its CA (ssl=) sends and consumes; one
+    with the system's trust store is refused with an error that names the TLS problem."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    with NATSNode(tls=(chain, key)) as node:
+        name = unique_name("st-nats-tls")
+        got: list[int] = []
+        consumer = NATSConsumer(Queue(name, Order), servers=node.url, ssl=trusted, retry=FAST)
+
+        @consumer()
+        async def handle(msg: Order) -> None:
+            got.append(msg.seq)
+
+        await consumer.start()
+        try:
+            async with NATSProducer(Queue(name, Order), servers=node.url, ssl=trusted) as p:
+                await p.send(Order(seq=7))
+            await eventually(lambda: got == [7], "the message over TLS", WAIT)
+        finally:
+            await consumer.close()
+        untrusting = NATSProducer(
+            Queue(name, Order),
+            servers=node.url,
+            ssl=ssl.create_default_context(),
+            connect_timeout=3,
+        )
+        with pytest.raises(StreamtoolsError) as refused:
+            await untrusting.a_init()
+        await untrusting.close()
+        assert isinstance(refused.value, ConnectError)
+        assert "TLS with NATS at" in str(refused.value)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+        assert "check the ssl= context" in str(refused.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import nats.errors
 import nats.js.errors
 
@@ -42,6 +44,12 @@ def translate(
     if isinstance(exc, nats.js.errors.APIError):
         return ConfigurationError(
             f"{what}: {settings.where} refused it: {exc.description} (code {exc.err_code})"
+        )
+    tls = exc if isinstance(exc, ssl.SSLError) else last
+    if isinstance(tls, ssl.SSLError):
+        return ConnectError(
+            f"{what}: TLS with {settings.where} failed ({tls}); check the ssl= context (the CA "
+            "it trusts) against the server's certificate and name"
         )
     if isinstance(
         exc,
