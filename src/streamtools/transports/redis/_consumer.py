@@ -38,8 +38,8 @@ from typing import Any, Final
 from redis.typing import StreamIdT
 
 from streamtools._base import Capabilities
-from streamtools._codec import Metadata, type_name
-from streamtools._delivery import Incoming, QueuedConsumer
+from streamtools._codec import type_name
+from streamtools._delivery import QueuedConsumer
 from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, seconds
 from streamtools._types import Queue, T
@@ -47,127 +47,19 @@ from streamtools.errors import ConfigurationError
 from streamtools.transports.redis._client import FIRST_BACKOFF, MAX_BACKOFF
 from streamtools.transports.redis._endpoint import RedisEndpoint
 from streamtools.transports.redis._errors import refused, transient, translate
+from streamtools.transports.redis._incoming import COPY_TIMEOUT, Acks, RedisIncoming
 from streamtools.transports.redis._streams import ensure_group, missing_group
-from streamtools.transports.redis._wire import entry_fields, entry_message
+from streamtools.transports.redis._wire import entry_message
 
 logger = logging.getLogger("streamtools.redis")
 
 BLOCK_MS: Final = 1000  # XREADGROUP's BLOCK: how long one read waits for new entries
-ACK_LINGER: Final = 0.005  # seconds an XACK may wait for more settled ids
-COPY_TIMEOUT: Final = 30.0  # seconds a retry or dead-letter copy may take to be added
 RECLAIM_EVERY: Final = 1.0  # seconds between XAUTOCLAIM rounds (less for a short claim_idle)
 
 
 def consumer_name() -> str:
     """A name no other member of the group has: host, process, and a random part."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-class _Incoming(Incoming):
-    """One stream entry and the policy's hooks on it."""
-
-    __slots__ = ("consumer", "entry_id")
-
-    def __init__(
-        self, consumer: RedisConsumer[Any], entry_id: str, body: bytes, meta: Metadata
-    ) -> None:
-        super().__init__(body, meta)
-        self.consumer = consumer
-        self.entry_id = entry_id
-
-    @property
-    def span_attributes(self) -> dict[str, object]:
-        return {
-            "messaging.consumer.group.name": self.consumer.group,
-            "messaging.message.id": self.meta.id,
-            "messaging.redis.entry.id": self.entry_id,
-        }
-
-    async def publish(self, target: str, meta: Metadata, delay: float) -> None:
-        if delay > 0:
-            await asyncio.sleep(delay)  # no delayed delivery: the original stays pending
-        await self.consumer._add(target, entry_fields(self.body, meta), f"copy of {meta.id}")
-
-    async def settle(self) -> None:
-        self.consumer._settled(self.entry_id)
-
-    async def requeue(self) -> None:
-        await self.consumer._give_back([self.entry_id])
-
-    def abandon(self) -> None:
-        self.consumer._give_back_later(self.entry_id)
-
-
-class _Acks:
-    """Settled entry ids, XACKed together: once `batch` are waiting, or `linger` after the
-    first. A failed XACK keeps its ids for the next one."""
-
-    def __init__(self, consumer: RedisConsumer[Any], batch: int) -> None:
-        self.consumer = consumer
-        self.batch = batch
-        self.waiting: list[str] = []
-        self.timer: asyncio.TimerHandle | None = None
-        self.flushing: asyncio.Task[None] | None = None
-
-    def add(self, entry_id: str) -> None:
-        self.waiting.append(entry_id)
-        if self.flushing is not None:
-            return  # the running flush takes these too
-        if len(self.waiting) >= self.batch:
-            self._start()
-        elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(ACK_LINGER, self._start)
-
-    def __contains__(self, entry_id: str) -> bool:
-        return entry_id in self.waiting
-
-    def _start(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.flushing is None:
-            self.flushing = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self.waiting:
-                ids = self.waiting
-                self.waiting = []
-                try:
-                    async with asyncio.timeout(COPY_TIMEOUT):
-                        await self.consumer._ack(ids)
-                except Exception as exc:
-                    self.waiting[:0] = ids
-                    logger.warning(
-                        "XACK of %d entries failed, trying again: %s",
-                        len(ids),
-                        exc,
-                        extra={"queue": self.consumer.queue.name},
-                    )
-                    await asyncio.sleep(FIRST_BACKOFF * 10)
-        finally:
-            self.flushing = None
-
-    async def close(self, timeout: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                if self.flushing is not None:
-                    await asyncio.wait([self.flushing])
-                if self.waiting:
-                    self._start()
-                    assert self.flushing is not None
-                    await asyncio.wait([self.flushing])
-        if self.flushing is not None:
-            self.flushing.cancel()
-        if self.waiting:
-            logger.warning(
-                "%d settled entries not acknowledged at close; they will be redelivered",
-                len(self.waiting),
-                extra={"queue": self.consumer.queue.name},
-            )
 
 
 class RedisConsumer(RedisEndpoint, QueuedConsumer[T]):
@@ -232,7 +124,7 @@ class RedisConsumer(RedisEndpoint, QueuedConsumer[T]):
         self._default_type = type_name(self.queue.message_type)
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._held: set[str] = set()  # entries read here whose delivery is not settled
-        self._acks = _Acks(self, max(1, self.max_in_flight // 4))
+        self._acks = Acks(self, max(1, self.max_in_flight // 4))
         self._releases: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._keeper: asyncio.Task[None] | None = None
@@ -339,7 +231,7 @@ class RedisConsumer(RedisEndpoint, QueuedConsumer[T]):
             body, meta = entry_message(self._stream, entry_id, fields, self._default_type)
             self._held.add(entry_id)
             slots -= 1
-            self._accept(_Incoming(self, entry_id, body, meta))
+            self._accept(RedisIncoming(self, entry_id, body, meta))
         return slots
 
     async def _consume(self) -> None:
