@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Final
@@ -176,3 +176,32 @@ DEPRECATED: Final = frozenset(
 )
 """Constructor keywords kept for one release; `Producer.settings` / `Consumer.settings` list
 the others (the README's settings tables are checked against them)."""
+
+
+# --- send options --------------------------------------------------------------------------
+
+
+def send_options(owner: str, options: Mapping[str, object], accepted: frozenset[str]) -> None:
+    """Refuse a send option `owner` does not take, listing the ones it does."""
+    unknown = options.keys() - accepted
+    if unknown:
+        raise ConfigurationError(
+            f"{owner}.send has no option {', '.join(sorted(unknown))}; "
+            f"accepted: {', '.join(sorted(accepted)) or 'none'}"
+        )
+
+
+def extra_headers(options: Mapping[str, object], owned: Container[str]) -> dict[str, str]:
+    """The `headers=` send option: a mapping of str to str naming none of the headers (or
+    fields) streamtools sets itself (`owned`), as a new dict; {} when not given."""
+    headers = options.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigurationError("send option headers must be a mapping of str to str")
+    reserved = sorted(k for k in headers if k in owned)
+    if reserved:
+        raise ConfigurationError(
+            f"send option headers may not set {', '.join(reserved)}; streamtools sets them"
+        )
+    return dict(headers)

@@ -203,12 +203,7 @@ class HTTPProducer(Producer[T]):
             if target is None:
                 target = self._default_target = self._build_target(None, "POST", _presets.DEFAULT)
             return target
-        if not options.keys() <= _SEND_OPTIONS:
-            unknown = ", ".join(sorted(set(options) - _SEND_OPTIONS))
-            raise ConfigurationError(
-                f"HTTPProducer.send has no option {unknown}; "
-                f"accepted: {', '.join(sorted(_SEND_OPTIONS))}"
-            )
+        _settings.send_options("HTTPProducer", options, _SEND_OPTIONS)
         method = _config.method(options.get("method", "POST"))
         tag = options.get("headers_tag", "JSON")
         if "header_tag" in options:

@@ -14,7 +14,7 @@ from streamtools._base import Producer
 from streamtools._codec import Metadata
 from streamtools._delivery import dead_letter_queue
 from streamtools._middleware import Middleware
-from streamtools._settings import seconds
+from streamtools._settings import extra_headers, seconds, send_options
 from streamtools._types import Queue, T
 from streamtools.errors import ConfigurationError
 from streamtools.transports.kafka._endpoint import KafkaEndpoint
@@ -94,26 +94,12 @@ class KafkaProducer(KafkaEndpoint, Producer[T]):
     def _options(self, options: Mapping[str, object]) -> tuple[bytes | None, dict[str, str]]:
         if not options:
             return None, {}
-        unknown = set(options) - SEND_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"KafkaProducer.send has no option {', '.join(sorted(unknown))}; "
-                f"accepted: {', '.join(sorted(SEND_OPTIONS))}"
-            )
+        send_options("KafkaProducer", options, SEND_OPTIONS)
         key = options.get("key")
         if key is not None and not isinstance(key, str | bytes):
             raise ConfigurationError(f"send option key must be str or bytes, got {key!r}")
-        headers = options.get("headers") or {}
-        if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise ConfigurationError("send option headers must be a mapping of str to str")
-        reserved = sorted(k for k in headers if k in BINDING.owned)
-        if reserved:
-            raise ConfigurationError(
-                f"send option headers may not set {', '.join(reserved)}; streamtools sets them"
-            )
-        return (key.encode() if isinstance(key, str) else key), dict(headers)
+        headers = extra_headers(options, BINDING.owned)
+        return (key.encode() if isinstance(key, str) else key), headers
 
     async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
         key, extra = self._options(options)

@@ -22,9 +22,9 @@ from streamtools._binding import content_type
 from streamtools._codec import Metadata
 from streamtools._delivery import dead_letter_queue
 from streamtools._middleware import Middleware
-from streamtools._settings import seconds
+from streamtools._settings import extra_headers, seconds, send_options
 from streamtools._types import Queue, T
-from streamtools.errors import ConfigurationError, PublishError, ReplyTimeoutError
+from streamtools.errors import PublishError, ReplyTimeoutError
 from streamtools.transports.nats._endpoint import NATSEndpoint
 from streamtools.transports.nats._errors import translate
 from streamtools.transports.nats._streams import ensure_streams
@@ -108,23 +108,8 @@ class NATSProducer(NATSEndpoint, Producer[T]):
     def _options(self, options: Mapping[str, object]) -> dict[str, str]:
         if not options:
             return {}
-        unknown = set(options) - SEND_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"NATSProducer.send has no option {', '.join(sorted(unknown))}; "
-                f"accepted: {', '.join(sorted(SEND_OPTIONS))}"
-            )
-        headers = options.get("headers") or {}
-        if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise ConfigurationError("send option headers must be a mapping of str to str")
-        reserved = sorted(k for k in headers if k in OWNED)
-        if reserved:
-            raise ConfigurationError(
-                f"send option headers may not set {', '.join(reserved)}; streamtools sets them"
-            )
-        return dict(headers)
+        send_options("NATSProducer", options, SEND_OPTIONS)
+        return extra_headers(options, OWNED)
 
     async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
         await self._client.publish(

@@ -17,9 +17,9 @@ from typing import Final
 from streamtools._base import Producer
 from streamtools._codec import Metadata
 from streamtools._middleware import Middleware
-from streamtools._settings import integer, seconds
+from streamtools._settings import extra_headers, integer, seconds, send_options
 from streamtools._types import Queue, T
-from streamtools.errors import ConfigurationError, PublishError
+from streamtools.errors import PublishError
 from streamtools.transports.redis._endpoint import RedisEndpoint
 from streamtools.transports.redis._errors import translate
 from streamtools.transports.redis._wire import BINDING, BODY, FieldEncoder
@@ -87,23 +87,8 @@ class RedisProducer(RedisEndpoint, Producer[T]):
     def _options(self, options: Mapping[str, object]) -> dict[str, str]:
         if not options:
             return {}
-        unknown = set(options) - SEND_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"RedisProducer.send has no option {', '.join(sorted(unknown))}; "
-                f"accepted: {', '.join(sorted(SEND_OPTIONS))}"
-            )
-        headers = options.get("headers") or {}
-        if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise ConfigurationError("send option headers must be a mapping of str to str")
-        reserved = sorted(k for k in headers if k in BINDING.owned or k == BODY)
-        if reserved:
-            raise ConfigurationError(
-                f"send option headers may not set {', '.join(reserved)}; streamtools sets them"
-            )
-        return dict(headers)
+        send_options("RedisProducer", options, SEND_OPTIONS)
+        return extra_headers(options, {*BINDING.owned, BODY})
 
     async def _send(self, body: bytes, meta: Metadata, options: Mapping[str, object]) -> None:
         fields = self._fields.encode(body, meta, self._options(options))
