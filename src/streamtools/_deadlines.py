@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Awaitable, Callable
 
 # Deadlines this close are due now: the loop may run a timer up to its clock resolution early.
 _SLACK = 0.001
@@ -113,3 +114,36 @@ class Deadlines:
             wait.task.cancel()
         if heap:
             self._handle = loop.call_at(heap[0][0], self._fire)
+
+
+async def again_until_accepted(
+    deadlines: Deadlines,
+    timeout: float,
+    attempt: Callable[[], Awaitable[object]],
+    retriable: tuple[type[BaseException], ...],
+    on_retry: Callable[[BaseException], None],
+    expired: Callable[[], BaseException],
+    pause: float = 0.2,
+) -> None:
+    """Run `attempt` until it returns, once more `pause` seconds after each of `retriable`
+    it raises (`on_retry` sees each first, to log it or to raise instead), for at most
+    `timeout` seconds: then `expired()` is raised. The caller's own cancellation propagates.
+
+    What the broker clients share (Kafka's produce, JetStream's publish): a message is sent
+    again through a lost connection until the broker acknowledges it or the time is up.
+    """
+    wait = deadlines.start(timeout)
+    try:
+        while True:
+            try:
+                await attempt()
+                return
+            except retriable as exc:
+                on_retry(exc)
+                await asyncio.sleep(pause)
+    except (asyncio.CancelledError, TimeoutError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and not wait.timed_out():
+            raise
+        raise expired() from None
+    finally:
+        deadlines.finish(wait)

@@ -16,7 +16,7 @@ from typing import Final
 import aiokafka  # type: ignore[import-untyped]
 import aiokafka.errors  # type: ignore[import-untyped]
 
-from streamtools._deadlines import Deadlines
+from streamtools._deadlines import Deadlines, again_until_accepted
 from streamtools.errors import PublishError
 from streamtools.transports.kafka._errors import translate
 from streamtools.transports.kafka._settings import Settings
@@ -91,32 +91,28 @@ class Client:
         producer = self.producer
         if producer is None:
             raise PublishError(f"{what}: not sent, the {self.role} is closed")
-        # The client's one deadline timer bounds the wait (see streamtools._deadlines).
-        wait = self._deadlines.start(timeout)
-        try:
-            while True:
-                try:
-                    await producer.send_and_wait(topic, body, key=key, headers=headers)
-                    return
-                except RETRIABLE as exc:
-                    # aiokafka gave up on this batch; the connection may come back.
-                    logger.info(
-                        "produce interrupted, producing again: %s",
-                        exc,
-                        extra={"queue": topic},
-                    )
-                    await asyncio.sleep(0.2)
-        except (asyncio.CancelledError, TimeoutError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not wait.timed_out():
-                raise
-            raise PublishError(
+
+        def again(exc: BaseException) -> None:
+            # aiokafka gave up on this batch; the connection may come back.
+            logger.info("produce interrupted, producing again: %s", exc, extra={"queue": topic})
+
+        def expired() -> PublishError:
+            return PublishError(
                 f"{what}: not acknowledged by {self.settings.where} within {timeout} s; it "
                 "may or may not have been stored"
-            ) from None
+            )
+
+        try:
+            await again_until_accepted(
+                self._deadlines,
+                timeout,
+                lambda: producer.send_and_wait(topic, body, key=key, headers=headers),
+                RETRIABLE,
+                again,
+                expired,
+            )
         except aiokafka.errors.KafkaError as exc:
             raise PublishError(f"{what}: {self.settings.where} refused it: {exc}") from exc
-        finally:
-            self._deadlines.finish(wait)
 
     async def close(self) -> None:
         producer, self.producer = self.producer, None

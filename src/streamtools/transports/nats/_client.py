@@ -21,7 +21,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from streamtools._deadlines import Deadlines
+from streamtools._deadlines import Deadlines, again_until_accepted
 from streamtools.errors import ConfigurationError, PublishError
 from streamtools.transports.nats._errors import is_auth, translate
 from streamtools.transports.nats._settings import Settings
@@ -136,42 +136,42 @@ class Client:
         js = self.js
         if js is None:
             raise PublishError(f"{what}: not sent, the {self.role} is closed")
-        wait = self._deadlines.start(timeout)
-        try:
-            while True:
-                try:
-                    await js.publish(
-                        subject, body, timeout=min(timeout, _ATTEMPT_TIMEOUT), headers=headers
-                    )
-                    return
-                except RETRIABLE as exc:
-                    if is_auth(self.last_error):
-                        raise PublishError(
-                            f"{what}: {self.settings.where} refused the login; "
-                            f"{self.settings.login_hint}"
-                        ) from exc
-                    logger.info(
-                        "publish not acknowledged (%s), publishing again",
-                        type(exc).__name__,
-                        extra={"queue": subject},
-                    )
-                    await asyncio.sleep(0.2)
-        except (asyncio.CancelledError, TimeoutError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not wait.timed_out():
-                raise
-            raise PublishError(
+
+        def again(exc: BaseException) -> None:
+            if is_auth(self.last_error):
+                raise PublishError(
+                    f"{what}: {self.settings.where} refused the login; {self.settings.login_hint}"
+                ) from exc
+            logger.info(
+                "publish not acknowledged (%s), publishing again",
+                type(exc).__name__,
+                extra={"queue": subject},
+            )
+
+        def expired() -> PublishError:
+            return PublishError(
                 f"{what}: not acknowledged by {self.settings.where} within {timeout} s; it "
                 "may or may not have been stored (sent again with the same id it is stored once "
                 "within the stream's duplicate window)"
-            ) from None
+            )
+
+        try:
+            await again_until_accepted(
+                self._deadlines,
+                timeout,
+                lambda: js.publish(
+                    subject, body, timeout=min(timeout, _ATTEMPT_TIMEOUT), headers=headers
+                ),
+                RETRIABLE,
+                again,
+                expired,
+            )
         except nats.js.errors.APIError as exc:
             raise PublishError(
                 f"{what}: {self.settings.where} refused it: {exc.description} (code {exc.err_code})"
             ) from exc
         except nats.errors.Error as exc:
             raise PublishError(f"{what}: {self.settings.where} failed: {exc}") from exc
-        finally:
-            self._deadlines.finish(wait)
 
     def require(self) -> tuple[NATS, JetStreamContext]:
         if self.nc is None or self.js is None:
