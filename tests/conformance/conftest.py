@@ -65,6 +65,9 @@ class Harness:
     send_foreign: Callable[[Consumer[Any], bytes, dict[str, object]], Awaitable[None]] | None = None
     # Send options that keep a producer's messages in one ordered stream (Kafka: one key).
     ordered_send: dict[str, object] = field(default_factory=dict)
+    # Producer settings for a burst above the consumer's in-flight limit: a transport that
+    # sheds load (HTTP answers 503) needs its producer to send again until taken.
+    burst_settings: dict[str, object] = field(default_factory=dict)
     used_queues: list[str] = field(default_factory=list)
 
     @property

@@ -40,4 +40,6 @@ def make_harness(request: pytest.FixtureRequest) -> Harness:
         consumer_settings={"host": "127.0.0.1", "port": 0, "shutdown_timeout": 10},
         producer_settings=_producer_settings,
         send_foreign=_send_foreign,
+        # Past limits.max_in_flight (64) requests are answered 503; the producer resends.
+        burst_settings={"resend": RetryPolicy(attempts=20, delay=0.05, max_delay=0.5)},
     )

@@ -177,7 +177,8 @@ async def test_many_producers_and_consumers_lose_nothing(harness: Harness) -> No
         await consumer.start()
 
     async def produce(start: int) -> None:
-        async with harness.producer(queue, consumers[0]) as producer:
+        # 400 sends at once: above the in-flight limit, a serving transport sheds (503).
+        async with harness.producer(queue, consumers[0], **harness.burst_settings) as producer:
             await asyncio.gather(*(producer.send(make_message(start + i)) for i in range(100)))
 
     try:

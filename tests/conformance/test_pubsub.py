@@ -58,7 +58,7 @@ async def test_thousands_of_messages_to_many_concurrent_consumers(harness: Harne
         await consumer.start()
         consumers.append(consumer)
     try:
-        async with harness.producer(queue, consumers[0]) as producer:
+        async with harness.producer(queue, consumers[0], **harness.burst_settings) as producer:
             for first in range(0, count, 200):
                 await asyncio.gather(
                     *(producer.send(make_message(i)) for i in range(first, first + 200))
@@ -83,7 +83,9 @@ async def test_several_queues_at_once(harness: Harness) -> None:
         collected.append(got)
 
     async def send_all(index: int) -> None:
-        async with harness.producer(queues[index], consumers[index]) as producer:
+        async with harness.producer(
+            queues[index], consumers[index], **harness.burst_settings
+        ) as producer:
             await asyncio.gather(
                 *(producer.send(make_message(index * 1_000 + i)) for i in range(100))
             )
