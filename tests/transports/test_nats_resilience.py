@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,13 +26,7 @@ from streamtools.transports.nats._streams import stream_name
 from tests.conftest import unique_name
 from tests.support.consumer_child import Tick, kill_midway
 from tests.support.tcp_proxy import TcpProxy
-from tests.transports.test_rabbitmq_resilience import (
-    Ledger,
-    confirmed_at_least,
-    send_batch,
-    send_until,
-    until_handled,
-)
+from tests.transports.test_rabbitmq_resilience import Ledger, send_through_cuts
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +121,6 @@ async def test_cut_connections_lose_nothing_confirmed(queue: str) -> None:
     returned is handled (nats-py reconnects; a send retried over the cut keeps its
     Nats-Msg-Id, so JetStream stores it once)."""
     ledger = Ledger()
-    cuts: list[int] = []
     async with TcpProxy("127.0.0.1", 4222) as proxy:
         servers = f"nats://127.0.0.1:{proxy.port}"
         consumer = NATSConsumer(
@@ -147,27 +139,7 @@ async def test_cut_connections_lose_nothing_confirmed(queue: str) -> None:
         producer = NATSProducer(Queue(queue, Tick), servers=servers, send_timeout=20)
         try:
             async with asyncio.timeout(180):
-                await consumer.start()
-                await producer.a_init()
-                stop = asyncio.Event()
-
-                async def cutter() -> None:
-                    try:
-                        await confirmed_at_least(ledger, 40)
-                        for _ in range(8):
-                            cuts.append(proxy.cut_all())
-                            await asyncio.sleep(random.uniform(0.3, 0.5))
-                        proxy.pause()
-                        cuts.append(proxy.cut_all())
-                        await asyncio.sleep(2.5)
-                        proxy.resume()
-                    finally:
-                        stop.set()
-
-                await asyncio.gather(send_until(producer, ledger, stop, limit=500), cutter())
-                tail = max(30, 300 - len(ledger.confirmed) - ledger.not_confirmed)
-                await send_batch(producer, ledger, tail, first=10_000)
-                await until_handled(ledger)
+                cuts = await send_through_cuts(proxy, producer, consumer, ledger)
         finally:
             await producer.close()
             await consumer.close()

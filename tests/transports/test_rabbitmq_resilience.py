@@ -173,6 +173,40 @@ async def until_handled(ledger: Ledger, *also_handled: list[str]) -> None:
         await ledger.until(lambda: not ledger.lost(*also_handled), DRAIN_TIMEOUT)
 
 
+async def send_through_cuts(
+    proxy: TcpProxy, producer: Producer[Tick], consumer: Consumer[Tick], ledger: Ledger
+) -> list[int]:
+    """Start `consumer` and `producer`, then send from 8 loops while the proxy's connections
+    are cut 8 times (0.3-0.5 s apart) and then refused for 2.5 s; send a tail after the last
+    cut and wait (bounded) until every confirmed id was handled. Returns the connections cut
+    per cut. Closes neither: the caller does, and asserts."""
+    cuts: list[int] = []
+    await consumer.start()
+    await producer.a_init()
+    stop = asyncio.Event()
+
+    async def cutter() -> None:
+        try:
+            await confirmed_at_least(ledger, 40)
+            for _ in range(8):
+                cuts.append(proxy.cut_all())
+                await asyncio.sleep(random.uniform(0.3, 0.5))
+            # Then unreachable for a while: reconnect attempts are reset too.
+            proxy.pause()
+            cuts.append(proxy.cut_all())
+            await asyncio.sleep(2.5)
+            proxy.resume()
+        finally:
+            stop.set()
+
+    await asyncio.gather(send_until(producer, ledger, stop, limit=500), cutter())
+    # Sent after the last cut: only reach the handler if both sides came back.
+    tail = max(30, 300 - len(ledger.confirmed) - ledger.not_confirmed)
+    await send_batch(producer, ledger, tail, first=10_000)
+    await until_handled(ledger)
+    return cuts
+
+
 def via(url: str, port: int) -> str:
     """`url` with its host:port replaced by 127.0.0.1:`port` (credentials and vhost kept)."""
     parts = urlsplit(url)
@@ -222,29 +256,7 @@ async def test_cut_connections_lose_nothing_confirmed(
         producer = rmq_producer(shared_queue, url)
         try:
             async with asyncio.timeout(TEST_TIMEOUT):
-                await consumer.start()
-                await producer.a_init()
-                stop = asyncio.Event()
-
-                async def cutter() -> None:
-                    try:
-                        await confirmed_at_least(ledger, 40)
-                        for _ in range(8):
-                            cuts.append(proxy.cut_all())
-                            await asyncio.sleep(random.uniform(0.3, 0.5))
-                        # Then unreachable for a while: reconnect attempts are reset too.
-                        proxy.pause()
-                        cuts.append(proxy.cut_all())
-                        await asyncio.sleep(2.5)
-                        proxy.resume()
-                    finally:
-                        stop.set()
-
-                await asyncio.gather(send_until(producer, ledger, stop, limit=500), cutter())
-                # Sent after the last cut: only reach the handler if both sides came back.
-                tail = max(30, 300 - len(ledger.confirmed) - ledger.not_confirmed)
-                await send_batch(producer, ledger, tail, first=10_000)
-                await until_handled(ledger)
+                cuts = await send_through_cuts(proxy, producer, consumer, ledger)
         finally:
             await producer.close()
             await consumer.close()

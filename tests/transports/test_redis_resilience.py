@@ -10,7 +10,6 @@ counted. The figures are printed as a table row.
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 
 import redis.asyncio
@@ -28,13 +27,7 @@ from tests.conftest import unique_name
 from tests.support.consumer_child import Tick, kill_midway
 from tests.support.redis_node import RedisNode
 from tests.support.tcp_proxy import TcpProxy
-from tests.transports.test_rabbitmq_resilience import (
-    Ledger,
-    confirmed_at_least,
-    send_batch,
-    send_until,
-    until_handled,
-)
+from tests.transports.test_rabbitmq_resilience import Ledger, send_through_cuts
 
 
 async def test_sigkilled_consumer_and_restarted_server_lose_nothing(tmp_path: Path) -> None:
@@ -111,7 +104,6 @@ async def test_cut_connections_lose_nothing_confirmed() -> None:
     stored twice: a duplicate, never a loss."""
     name = unique_name("st-redis-cut")
     ledger = Ledger()
-    cuts: list[int] = []
     try:
         async with TcpProxy("127.0.0.1", 6379) as proxy:
             url = f"redis://127.0.0.1:{proxy.port}/0"
@@ -131,27 +123,7 @@ async def test_cut_connections_lose_nothing_confirmed() -> None:
             producer = PRODUCERS[REDIS](Queue(name, Tick), url=url, send_timeout=20)
             try:
                 async with asyncio.timeout(180):
-                    await consumer.start()
-                    await producer.a_init()
-                    stop = asyncio.Event()
-
-                    async def cutter() -> None:
-                        try:
-                            await confirmed_at_least(ledger, 40)
-                            for _ in range(8):
-                                cuts.append(proxy.cut_all())
-                                await asyncio.sleep(random.uniform(0.3, 0.5))
-                            proxy.pause()
-                            cuts.append(proxy.cut_all())
-                            await asyncio.sleep(2.5)
-                            proxy.resume()
-                        finally:
-                            stop.set()
-
-                    await asyncio.gather(send_until(producer, ledger, stop, limit=500), cutter())
-                    tail = max(30, 300 - len(ledger.confirmed) - ledger.not_confirmed)
-                    await send_batch(producer, ledger, tail, first=10_000)
-                    await until_handled(ledger)
+                    cuts = await send_through_cuts(proxy, producer, consumer, ledger)
             finally:
                 await producer.close()
                 await consumer.close()
