@@ -24,6 +24,27 @@ WINDOW = 256  # in-flight publishes of the pipelined cases (streamtools and cont
 PREFETCH = 128  # unacked deliveries of every consumer in the consume cases
 
 
+class Done:
+    """Counts handled messages; `event` fires at `target`, `wait` raises after 300 s."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.event = asyncio.Event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.event.set()
+
+    async def wait(self, what: str) -> None:
+        try:
+            async with asyncio.timeout(300):
+                await self.event.wait()
+        except TimeoutError:
+            raise RuntimeError(f"{what}: only {self.count} of {self.target} handled") from None
+
+
 def orders(count: int) -> list[OrderCreated]:
     """`count` distinct orders; every contender sends the same ones."""
     return [make_order(seq) for seq in range(count)]

@@ -43,7 +43,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from benchmarks.common import PREFETCH, WINDOW, orders, windows
+from benchmarks.common import PREFETCH, WINDOW, Done, orders, windows
 from benchmarks.harness import Case, Contender
 from examples.contracts import OrderCreated
 from streamtools import Limits
@@ -187,27 +187,6 @@ def publish_cases(count: int) -> list[Case]:
 # --- consume + ack ---------------------------------------------------------------------------
 
 
-class _Done:
-    """Counts handled messages; `event` fires at `target`."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.count = 0
-        self.event = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count >= self.target:
-            self.event.set()
-
-    async def wait(self, what: str) -> None:
-        try:
-            async with asyncio.timeout(300):
-                await self.event.wait()
-        except TimeoutError:
-            raise RuntimeError(f"{what}: only {self.count} of {self.target} handled") from None
-
-
 def consume_cases(count: int) -> list[Case]:
     queues = {name: unique(f"consume-{name}") for name in ("st", "raw", "fs")}
     msgs = orders(count)
@@ -243,7 +222,7 @@ def consume_cases(count: int) -> list[Case]:
     async def st_consume() -> tuple[int, float]:
         queue = queues["st"]
         await fill(queue)
-        done = _Done(count)
+        done = Done(count)
         consumer = NATSConsumer(
             queue,
             message_type=OrderCreated,
@@ -269,7 +248,7 @@ def consume_cases(count: int) -> list[Case]:
     async def raw_consume() -> tuple[int, float]:
         queue = queues["raw"]
         await fill(queue)
-        done = _Done(count)
+        done = Done(count)
         nc = await nats.connect(NATS_URL)
         try:
             js = nc.jetstream()
@@ -308,7 +287,7 @@ def consume_cases(count: int) -> list[Case]:
 
         queue = queues["fs"]
         await fill(queue)
-        done = _Done(count)
+        done = Done(count)
         # logger=None: FastStream's default logs two lines per message.
         broker = NatsBroker(NATS_URL, logger=None, serializer=MsgSpecSerializer())
 

@@ -22,6 +22,7 @@ from benchmarks.common import (
     PREFETCH,
     RMQ_URL,
     WINDOW,
+    Done,
     delete_queues,
     depth,
     orders,
@@ -190,28 +191,6 @@ def publish_cases(count_seq: int, count_batch: int) -> list[Case]:
 # --- consume + ack ---------------------------------------------------------------------------
 
 
-class _Done:
-    """Counts handled messages; `event` fires at `target`."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.count = 0
-        self.event = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count >= self.target:
-            self.event.set()
-
-
-async def _wait(done: _Done, what: str) -> None:
-    try:
-        async with asyncio.timeout(300):
-            await done.event.wait()
-    except TimeoutError:
-        raise RuntimeError(f"{what}: only {done.count} of {done.target} handled") from None
-
-
 def consume_cases(count: int) -> list[Case]:
     queues = {name: unique(f"consume-{name}") for name in ("st", "raw", "noack", "fs")}
     prepared = wire(orders(count))
@@ -260,7 +239,7 @@ def consume_cases(count: int) -> list[Case]:
     async def st_consume() -> tuple[int, float]:
         queue = queues["st"]
         await fill(queue)
-        done = _Done(count)
+        done = Done(count)
         consumer = RabbitMQConsumer(
             queue, message_type=OrderCreated, url=RMQ_URL, limits=Limits(max_in_flight=PREFETCH)
         )
@@ -272,7 +251,7 @@ def consume_cases(count: int) -> list[Case]:
         await consumer.a_init()
         started = time.perf_counter()
         await consumer.start()
-        await _wait(done, "streamtools consumer")
+        await done.wait("streamtools consumer")
         elapsed = time.perf_counter() - started
         await consumer.close()
         await check_empty(queue, "streamtools")
@@ -281,7 +260,7 @@ def consume_cases(count: int) -> list[Case]:
     async def raw_consume() -> tuple[int, float]:
         queue = queues["raw"]
         await fill(queue)
-        done = _Done(count)
+        done = Done(count)
         connection = await aio_pika.connect_robust(RMQ_URL)
         try:
             channel = await connection.channel()
@@ -295,7 +274,7 @@ def consume_cases(count: int) -> list[Case]:
 
             started = time.perf_counter()
             await amqp_queue.consume(on_message)
-            await _wait(done, "aio-pika consumer")
+            await done.wait("aio-pika consumer")
             elapsed = time.perf_counter() - started
         finally:
             await connection.close()
@@ -308,7 +287,7 @@ def consume_cases(count: int) -> list[Case]:
         # No client can consume with acks faster than this; the moonshot target is 0.9x.
         queue = queues["noack"]
         await fill(queue)
-        done = _Done(count)
+        done = Done(count)
         connection = await aio_pika.connect_robust(RMQ_URL)
         try:
             channel = await (await connection.channel()).get_underlay_channel()
@@ -318,7 +297,7 @@ def consume_cases(count: int) -> list[Case]:
 
             started = time.perf_counter()
             await channel.basic_consume(queue, on_message, no_ack=True)
-            await _wait(done, "aiormq no-ack consumer")
+            await done.wait("aiormq no-ack consumer")
             elapsed = time.perf_counter() - started
         finally:
             await connection.close()
@@ -332,7 +311,7 @@ def consume_cases(count: int) -> list[Case]:
 
         queue = queues["fs"]
         await fill(queue)
-        done = _Done(count)
+        done = Done(count)
         # logger=None: FastStream's default logs two lines per message, which would
         # measure the terminal rather than the library.
         broker = RabbitBroker(RMQ_URL, logger=None, serializer=MsgSpecSerializer())
@@ -349,7 +328,7 @@ def consume_cases(count: int) -> list[Case]:
         try:
             started = time.perf_counter()
             await broker.start()
-            await _wait(done, "FastStream subscriber")
+            await done.wait("FastStream subscriber")
             elapsed = time.perf_counter() - started
         finally:
             await broker.stop()

@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 import redis.asyncio
 
-from benchmarks.common import PREFETCH, WINDOW, orders, windows
+from benchmarks.common import PREFETCH, WINDOW, Done, orders, windows
 from benchmarks.harness import Case, Contender
 from examples.contracts import OrderCreated
 from streamtools import Limits
@@ -170,27 +170,6 @@ def publish_cases(count: int) -> list[Case]:
 # --- consume + ack ---------------------------------------------------------------------------
 
 
-class _Done:
-    """Counts handled messages; `event` fires at `target`."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.count = 0
-        self.event = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count >= self.target:
-            self.event.set()
-
-    async def wait(self, what: str) -> None:
-        try:
-            async with asyncio.timeout(300):
-                await self.event.wait()
-        except TimeoutError:
-            raise RuntimeError(f"{what}: only {self.count} of {self.target} handled") from None
-
-
 def consume_cases(count: int) -> list[Case]:
     streams = {name: unique(f"consume-{name}") for name in ("st", "raw", "fs")}
     groups = {name: f"{stream}-group" for name, stream in streams.items()}
@@ -254,7 +233,7 @@ def consume_cases(count: int) -> list[Case]:
 
     async def st_consume() -> tuple[int, float]:
         await fill(streams["st"])
-        done = _Done(count)
+        done = Done(count)
         consumer = RedisConsumer(
             streams["st"],
             message_type=OrderCreated,
@@ -281,7 +260,7 @@ def consume_cases(count: int) -> list[Case]:
     async def raw_consume() -> tuple[int, float]:
         stream, group = streams["raw"], groups["raw"]
         await fill(stream)
-        done = _Done(count)
+        done = Done(count)
         client = _client()
         try:
             await client.ping()
@@ -323,7 +302,7 @@ def consume_cases(count: int) -> list[Case]:
 
         stream, group = streams["fs"], groups["fs"]
         await fill_faststream(stream)
-        done = _Done(count)
+        done = Done(count)
         # logger=None: FastStream's default logs two lines per message.
         # (None turns it off at run time; its stub says LoggerProto.)
         broker = RedisBroker(
