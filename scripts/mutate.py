@@ -181,10 +181,10 @@ MUTANTS = (
         ),
     ),
     Mutant(
-        "the consume middlewares run innermost first (issue #24)",
+        "the middlewares run innermost first (issue #24)",
         "src/streamtools/_middleware.py",
-        "    for middleware in reversed(middlewares):\n        if type(middleware).consume",
-        "    for middleware in middlewares:\n        if type(middleware).consume",
+        "    for middleware in reversed(middlewares):\n        if getattr(type(middleware), hook)",
+        "    for middleware in middlewares:\n        if getattr(type(middleware), hook)",
         ("tests/test_middleware.py::test_order_is_the_list_order_outermost_first",),
     ),
     Mutant(

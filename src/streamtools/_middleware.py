@@ -63,21 +63,21 @@ def checked(owner: str, middlewares: object) -> tuple[Middleware, ...]:
 def publish_chain(middlewares: Sequence[Middleware], last: PublishNext) -> PublishNext | None:
     """`last` behind the middlewares that override `publish` (outermost first), or None
     when none does (the caller keeps its direct path)."""
-    step = last
-    wrapped = False
-    for middleware in reversed(middlewares):
-        if type(middleware).publish is not Middleware.publish:
-            step = functools.partial(middleware.publish, call_next=step)
-            wrapped = True
-    return step if wrapped else None
+    chain: PublishNext | None = _chain(middlewares, "publish", last)
+    return chain
 
 
 def consume_chain(middlewares: Sequence[Middleware], last: ConsumeNext) -> ConsumeNext | None:
     """`last` behind the middlewares that override `consume`, or None when none does."""
+    chain: ConsumeNext | None = _chain(middlewares, "consume", last)
+    return chain
+
+
+def _chain(middlewares: Sequence[Middleware], hook: str, last: Any) -> Any:
+    """`last` wrapped in each middleware's `hook`, where its class overrides it (the
+    default passes through: no step for it); None when none does."""
     step = last
-    wrapped = False
     for middleware in reversed(middlewares):
-        if type(middleware).consume is not Middleware.consume:
-            step = functools.partial(middleware.consume, call_next=step)
-            wrapped = True
-    return step if wrapped else None
+        if getattr(type(middleware), hook) is not getattr(Middleware, hook):
+            step = functools.partial(getattr(middleware, hook), call_next=step)
+    return None if step is last else step

@@ -41,15 +41,6 @@ def seconds(owner: str, name: str, value: object, *, positive: bool = False) -> 
     return float(value)
 
 
-def retry_delays(owner: str, retry_delay: object, max_retry_delay: object) -> tuple[float, float]:
-    """(retry_delay, max_retry_delay): both seconds >= 0, the maximum not below the first."""
-    first = seconds(owner, "retry_delay", retry_delay)
-    maximum = seconds(owner, "max_retry_delay", max_retry_delay)
-    if maximum < first:
-        raise _fail(owner, "max_retry_delay", f"seconds >= retry_delay ({first})", max_retry_delay)
-    return first, maximum
-
-
 def choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> str:
     """One of `choices`."""
     if not isinstance(value, str) or value not in choices:
@@ -99,7 +90,6 @@ class Limits:
 
 DEFAULT_RETRY: Final = RetryPolicy()
 DEFAULT_LIMITS: Final = Limits()
-_UNSET: Final = None
 _NONE_GIVEN: Final[Mapping[str, object]] = MappingProxyType({})
 
 
@@ -121,7 +111,7 @@ def policy(
         raise _fail(owner, "retry", "a RetryPolicy", retry)
     if not isinstance(limits, Limits):
         raise _fail(owner, "limits", "a Limits", limits)
-    given = {name: value for name, value in deprecated.items() if value is not _UNSET}
+    given = {name: value for name, value in deprecated.items() if value is not None}
     if not given:
         return retry, limits
     retry_changes: dict[str, Any] = {}
