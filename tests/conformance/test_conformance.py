@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -67,14 +67,32 @@ class Collector:
     def seqs(self) -> set[int]:
         return {m.seq for m, _ in self.messages if isinstance(m, ConfMessage)}
 
-    async def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+    async def wait_for(
+        self, condition: Callable[[], bool], what: str, consumers: Sequence[Consumer[Any]] = ()
+    ) -> None:
         try:
             async with asyncio.timeout(WAIT):
                 while not condition():
                     self._changed.clear()
                     await self._changed.wait()
         except TimeoutError:
-            pytest.fail(f"timed out after {WAIT} s waiting for {what}; got {len(self.messages)}")
+            # What each consumer was doing, so a failure in CI says where the rest waited.
+            states = "; ".join(f"{c!r}: {c.health()}{_assigned(c)}" for c in consumers)
+            pytest.fail(
+                f"timed out after {WAIT} s waiting for {what}; got {len(self.messages)}"
+                + (f"; consumers: {states}" if states else "")
+            )
+
+
+def _assigned(consumer: Consumer[Any]) -> str:
+    # Kafka: the partitions the group gave this member (a private attribute, read only here).
+    partitions = getattr(consumer, "_partitions", None)
+    if not isinstance(partitions, dict):
+        return ""
+    return " partitions " + ", ".join(
+        f"{tp.partition}(last {p.last}, open {p.window.outstanding})"
+        for tp, p in sorted(partitions.items(), key=lambda item: item[0].partition)
+    )
 
 
 def collecting_consumer(
@@ -183,7 +201,7 @@ async def test_many_producers_and_consumers_lose_nothing(harness: Harness) -> No
 
     try:
         await asyncio.gather(*(produce(p * 100) for p in range(4)))
-        await got.wait_for(lambda: len(got.seqs) == 400, "400 messages")
+        await got.wait_for(lambda: len(got.seqs) == 400, "400 messages", consumers)
     finally:
         await asyncio.gather(*(c.close() for c in consumers))
     assert got.seqs == set(range(400))

@@ -301,11 +301,14 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
                 logger.warning("fetch failed, retrying: %s", exc, extra={"queue": self.queue.name})
                 await asyncio.sleep(0.5)
                 continue
-            for tp, records in batches.items():
-                # The partition as it was when these records were fetched: if a rebalance
-                # takes it away (or gives it back anew) while they wait for a slot, they are
-                # dropped; whoever owns it now fetches them again from the committed offset.
-                partition = self._partitions.get(tp)
+            # Each partition as it was when these records were fetched, read before the
+            # first await below: if a rebalance takes one away (or gives it back anew) while
+            # its records wait for a slot, they are dropped, and whoever owns it now fetches
+            # them again from the committed offset. (Read per partition after the slot waits
+            # of the ones before it, a partition given back anew took the old fetch's records
+            # as its own and then skipped its refetch from the committed offset as seen.)
+            owners = [(tp, self._partitions.get(tp), records) for tp, records in batches.items()]
+            for tp, partition, records in owners:
                 for record in records:
                     await slots.acquire()
                     if (
