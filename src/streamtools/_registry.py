@@ -6,8 +6,9 @@ aio-pika until a service picks that transport.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Generic, Protocol, TypeVar, cast, overload
 
 from streamtools._base import Consumer, Producer
@@ -58,6 +59,8 @@ class Registry(Mapping[str, C], Generic[C]):
         self._kind = kind
         self._targets: dict[str, str | type[Any]] = {}
         self._aliases: dict[str, str] = {}
+        # streamtools.testing's substitutions, innermost last (see `_override`).
+        self._overrides: list[Callable[[str, Callable[[], C]], C]] = []
 
     def register(self, name: str, target: str | type[Any], *aliases: str) -> None:
         """Add a transport: `target` is the class, or `"module:Class"` to import on first use."""
@@ -81,6 +84,22 @@ class Registry(Mapping[str, C], Generic[C]):
 
     def __getitem__(self, name: str) -> C:
         canonical = self._canonical(name)
+        if self._overrides:
+            return self._overrides[-1](canonical, lambda: self._load(canonical))
+        return self._load(canonical)
+
+    @contextlib.contextmanager
+    def _override(self, resolve: Callable[[str, Callable[[], C]], C]) -> Iterator[None]:
+        """While open, `self[name]` is `resolve(canonical name, load)`, `load()` giving the
+        registered class; the hook of `streamtools.testing`. Closing removes it (nested ones
+        close in any order)."""
+        self._overrides.append(resolve)
+        try:
+            yield
+        finally:
+            self._overrides.remove(resolve)
+
+    def _load(self, canonical: str) -> C:
         target = self._targets[canonical]
         if isinstance(target, str):
             module, _, attr = target.partition(":")
