@@ -1,8 +1,10 @@
 """Every Python snippet in README.md is run or type-checked, as its marker says.
 
 A ```python block must follow a `<!-- readme-test: run -->` (executed in a subprocess from
-the repository root, must exit 0) or `<!-- readme-test: typecheck -->` (mypy --strict clean)
-comment; an unmarked block fails the test, so no snippet goes unchecked.
+the repository root, must exit 0), `<!-- readme-test: pytest -->` (a test module: run by
+pytest in a subprocess from the repository root with the project's pytest settings, must
+pass) or `<!-- readme-test: typecheck -->` (mypy --strict clean) comment; an unmarked block
+fails the test, so no snippet goes unchecked. Run and pytest blocks are type-checked too.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ SNIPPETS = snippets()
 
 def test_readme_has_snippets_and_all_are_marked() -> None:
     assert len(SNIPPETS) >= 4
-    unmarked = [line for mode, _, line in SNIPPETS if mode not in {"run", "typecheck"}]
+    unmarked = [line for mode, _, line in SNIPPETS if mode not in {"run", "pytest", "typecheck"}]
     assert not unmarked, f"README python blocks without a readme-test marker at lines {unmarked}"
 
 
@@ -57,7 +59,40 @@ def test_runnable_snippet_runs(code: str, line: int) -> None:
 
 @pytest.mark.parametrize(
     ("code", "line"),
-    [(code, line) for mode, code, line in SNIPPETS if mode in {"run", "typecheck"}],
+    [(code, line) for mode, code, line in SNIPPETS if mode == "pytest"],
+    ids=lambda v: f"line{v}" if isinstance(v, int) else "",
+)
+def test_pytest_snippet_passes(code: str, line: int, tmp_path: Path) -> None:
+    path = tmp_path / f"test_readme_line{line}.py"
+    path.write_text(code)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            str(path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"README line {line}:\n{result.stdout}{result.stderr}"
+    assert " passed" in result.stdout, result.stdout
+    assert " skipped" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [(code, line) for mode, code, line in SNIPPETS if mode in {"run", "pytest", "typecheck"}],
     ids=lambda v: f"line{v}" if isinstance(v, int) else "",
 )
 def test_snippet_type_checks(code: str, line: int, tmp_path: Path) -> None:
