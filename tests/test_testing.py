@@ -327,11 +327,28 @@ async def test_send_times_out_on_a_stuck_handler() -> None:
         release.set()
 
 
-async def test_the_client_must_be_open() -> None:
+async def test_the_client_must_be_open_and_is_opened_once() -> None:
     client = TestClient()
     orders, _ = queues()
     with pytest.raises(ConfigurationError, match="not open"):
         await client.send(orders, Order(id=1, quantity=1))
+    async with client:
+        pass
+    with pytest.raises(ConfigurationError, match="not open"):
+        await client.send(orders, Order(id=1, quantity=1))
+    with pytest.raises(ConfigurationError, match="opened once"):
+        await client.__aenter__()
+
+
+def test_import_streamtools_does_not_import_the_testing_module() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, streamtools; print('streamtools.testing' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 # -- real=True: the same test against the transport itself ---------------------------------

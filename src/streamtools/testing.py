@@ -142,6 +142,7 @@ class TestClient:
         self.retry_delay = seconds("TestClient", "retry_delay", retry_delay)
         self.timeout = seconds("TestClient", "timeout", timeout, positive=True)
         self._open = False
+        self._used = False
         self._broker: MemoryBroker | None = None
         self._classes: dict[tuple[str, str], type[Any]] = {}
         self._ours: set[type[Any]] = set()
@@ -162,9 +163,9 @@ class TestClient:
         return f"TestClient(real={self.real})"
 
     async def __aenter__(self) -> Self:
-        if self._open:
-            raise ConfigurationError("this TestClient is open already; use a new one")
-        self._open = True
+        if self._used:
+            raise ConfigurationError("a TestClient is opened once; use a new one")
+        self._open = self._used = True
         self._changed = asyncio.Event()
         if not self.real:
             self._broker = MemoryBroker()
