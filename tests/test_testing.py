@@ -4,6 +4,7 @@ same tests with `real=True` against memory and RabbitMQ."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -426,3 +427,36 @@ async def test_real_memory_leaves_memory_consumers_real() -> None:
         await client.start(consumer)
         message_id = await client.send(orders, Order(id=1, quantity=1))
         assert client.attempts(message_id) == 1
+
+
+def test_published_is_typed_by_the_queue(tmp_path: Path) -> None:
+    from mypy import api
+
+    case = tmp_path / "case_published.py"
+    case.write_text(
+        "from examples.contracts import BILLING_INVOICED, InvoiceIssued, OrderCreated\n"
+        "from streamtools.testing import TestClient\n"
+        "def check(client: TestClient) -> None:\n"
+        "    reveal_type(client.published(BILLING_INVOICED))\n"
+        "    ok: list[InvoiceIssued] = client.published(BILLING_INVOICED)\n"
+        "    wrong: list[OrderCreated] = client.published(BILLING_INVOICED)\n"
+    )
+    root = Path(__file__).parents[1]
+    stdout, _, _ = api.run(
+        [
+            "--strict",
+            "--config-file",
+            str(root / "pyproject.toml"),
+            "--cache-dir=/dev/null",
+            "--no-error-summary",
+            str(case),
+        ]
+    )
+    lines = stdout.splitlines()
+    assert any(
+        ":4: note: Revealed type is" in line
+        and "list[examples.contracts" in line
+        and "InvoiceIssued]" in line
+        for line in lines
+    ), stdout
+    assert [line.split(":")[1] for line in lines if ": error:" in line] == ["6"], stdout
