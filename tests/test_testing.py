@@ -312,6 +312,25 @@ async def test_clients_are_isolated() -> None:
     assert handled == [2, 5]
 
 
+async def test_a_consumer_built_in_an_earlier_client_is_rebuilt_in_the_next() -> None:
+    orders, _ = queues()
+    handled: list[int] = []
+    async with TestClient() as first:
+        consumer = CONSUMER_LOOPS[RMQ](orders)
+
+        @consumer()
+        async def on_order(order: Order) -> None:
+            handled.append(order.id)
+
+    async with TestClient() as second:
+        [rebuilt] = await second.start(consumer)
+        assert rebuilt is not consumer
+        message_id = await second.send(orders, Order(id=1, quantity=1))
+        assert second.attempts(message_id) == 1
+    assert first.attempts(message_id) == 0
+    assert handled == [1]
+
+
 async def test_send_times_out_on_a_stuck_handler() -> None:
     orders, _ = queues()
     release = asyncio.Event()

@@ -13,7 +13,9 @@ unchanged) reaches no broker and opens no port. The in-process classes take the 
 named transport takes (and ignore them), and keep the delivery policy: the real codec
 (encode, decode, schema validation), a handler that raises retried `retry=` times and then
 dead-lettered, an invalid message dead-lettered at once. Retries wait `retry_delay` seconds
-(0 by default) instead of the consumer's backoff; their number is the consumer's.
+(0 by default) instead of the consumer's backoff; their number is the consumer's. In-process,
+every transport has the memory transport's semantics (queued, retried, dead-lettered; one
+handler per queue), HTTP included.
 
 `send` returns once the message is settled: handled, or dead-lettered, and so is every
 message its handlers sent, through producers built inside the client, to a queue a consumer
@@ -431,7 +433,8 @@ class TestClient:
             retry=getattr(consumer, "retry", DEFAULT_RETRY),
             limits=getattr(consumer, "limits", DEFAULT_LIMITS),
             shutdown_timeout=consumer.shutdown_timeout,
-            middlewares=consumer.middlewares,
+            # Without the tracker of an earlier client that built it.
+            middlewares=[m for m in consumer.middlewares if not isinstance(m, _Tracker)],
         )
         for route in consumer.routes:
             copy._add_route(route)
@@ -464,6 +467,8 @@ class TestClient:
         dlq = dead_letter_queue(queue)
         if dlq == queue or dlq in self._watchers or not consumer.capabilities.dead_letter:
             return
+        if self.real and consumer.transport not in CONSUMER_LOOPS:
+            return  # a transport of its own, not registered: its dead letters are not seen
         contract: Queue[msgspec.Raw] = Queue(dlq, msgspec.Raw)
         watcher: Consumer[msgspec.Raw]
         if self.real:
