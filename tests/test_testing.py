@@ -380,6 +380,8 @@ async def run_shipping(client: TestClient, queue_type: str, **settings: Any) -> 
     attempts: list[int] = []
     consumers = ConsumerFactory(queue_type, retry=RetryPolicy(attempts=1, delay=0.05), **settings)
     producer = PRODUCERS[queue_type](shipped, **settings)
+    # In-process, or the transport itself with real=True.
+    assert isinstance(producer, MemoryProducer) == (not client.real or queue_type == MEMORY)
 
     @consumers.route(orders)
     async def on_order(order: Order) -> None:
