@@ -1,4 +1,5 @@
-"""The runner's endpoints (`GET /healthz`; later metrics), independent of every transport.
+"""The runner's endpoints (`GET /healthz`, `/metrics`, the docs page), independent of every
+transport.
 
 A consumer whose transport serves on a port (`Capabilities.serves_port`, e.g. HTTP) is a
 `ServesPort`: the runner sets its host and port and mounts its endpoints on it, so they share
@@ -80,14 +81,20 @@ _READ_TIMEOUT: Final = 10.0
 
 
 async def serve_endpoints(
-    endpoints: Mapping[str, Endpoint], *, host: str, port: int
+    endpoints: Mapping[str, Endpoint],
+    *,
+    host: str,
+    port: int,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, Callable[[], Awaitable[None]]]:
-    """Serve `endpoints` (path -> endpoint) on host:port over plain HTTP/1.1.
+    """Serve `endpoints` (path -> endpoint) on host:port over plain HTTP/1.1, with `headers`
+    on every answer (e.g. the docs page's Content-Security-Policy).
 
     Returns the bound port (useful with port=0) and a coroutine function that stops serving.
     Each connection carries one request (`Connection: close`): health probes need no more.
     """
     paths = dict(endpoints)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     connections: set[asyncio.Task[None]] = set()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -99,7 +106,7 @@ async def serve_endpoints(
             reason = _REASONS.get(status, _REASONS_503)
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode()
                 + (b"" if head_only else body)
             )
             await writer.drain()

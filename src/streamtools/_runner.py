@@ -3,8 +3,8 @@ gracefully.
 
 The runner knows no transport: a consumer whose transport serves on a port
 (`Capabilities.serves_port`) gets the runner's host and port and carries its `/healthz` (and
-`/metrics`); otherwise the runner serves them itself (`_health`). `run()` serves on uvloop
-when it is installed.
+`/metrics`, and with `docs=True` the AsyncAPI page); otherwise the runner serves them itself
+(`_health`). `run()` serves on uvloop when it is installed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from streamtools import _telemetry
+from streamtools import _docs_page, _telemetry, asyncapi
 from streamtools._base import Consumer
 from streamtools._health import (
     HEALTH_PATH,
@@ -58,6 +58,9 @@ class ConsumerRunner:
     serve one (HTTP), which the runner's `port` and `host` then apply to (with `port=0`
     they all share the port the first one binds), else on a small server of its own.
 
+    With `docs=True` (and `port`) the same server carries the AsyncAPI page of the consumers'
+    queues: `/docs`, `/asyncapi.json` and `/asyncapi.yaml` (`streamtools docs serve`).
+
     `run()` serves on uvloop when it is installed (`streamtools[speed]`); `uvloop=False`, or
     `STREAMTOOLS_UVLOOP=0`, keeps asyncio's own loop, and `uvloop=True` requires it.
     """
@@ -74,6 +77,7 @@ class ConsumerRunner:
         metrics_registry: Any = None,
         uvloop: bool | None = None,
         middlewares: Sequence[Middleware] = (),
+        docs: bool = False,
     ) -> None:
         self.consumers: list[Consumer[Any]] = list(
             consumers.values() if isinstance(consumers, Mapping) else consumers
@@ -110,6 +114,13 @@ class ConsumerRunner:
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         """Called after the consumers stopped, e.g. a producer's `close`, like aiohttp's
         `on_cleanup`: handlers may still send until then."""
+        self.docs = docs
+        if docs:
+            if port is None:
+                raise ConfigurationError(
+                    "ConsumerRunner(docs=True) needs port=: the page is served next to /healthz"
+                )
+            self._document(bound=False)  # a transport or contract it cannot describe: now
         self._stop: asyncio.Event | None = None
         self.health_port: int | None = None
         """The port `GET /healthz` is served on once serving (None without `port`)."""
@@ -158,6 +169,8 @@ class ConsumerRunner:
         endpoints = {HEALTH_PATH: health_endpoint(self.health)}
         if self.metrics:
             endpoints[METRICS_PATH] = _metrics_endpoint
+        if self.docs:
+            endpoints.update(_docs_page.docs_endpoints(lambda: self._document(bound=True)))
         served = [s for s in map(_port_server, self.consumers) if s is not None]
         for consumer in served:
             for path, endpoint in endpoints.items():
@@ -166,9 +179,38 @@ class ConsumerRunner:
             return None
         assert self.port is not None  # serve() checked
         self.health_port, stop = await serve_endpoints(
-            endpoints, host=self.host or "localhost", port=self.port
+            endpoints,
+            host=self.host or "localhost",
+            port=self.port,
+            headers=_docs_page.HEADERS if self.docs else None,
         )
         return stop
+
+    def _document(self, *, bound: bool) -> dict[str, Any]:
+        """The AsyncAPI document of the consumers' queues; its server is the address the
+        HTTP consumers are `bound` to (before that, and on brokers, the default one)."""
+        transports = sorted({consumer.transport for consumer in self.consumers})
+        if len(transports) != 1:
+            raise ConfigurationError(
+                f"ConsumerRunner(docs=True) describes one transport; these consumers use "
+                f"{', '.join(transports)} (serve each with 'streamtools docs serve')"
+            )
+        queues = {consumer.queue.name: consumer.queue for consumer in self.consumers}
+        server = None
+        served = [s for s in map(_port_server, self.consumers) if s is not None]
+        if served and bound:
+            scheme = "https" if getattr(served[0], "ssl", None) is not None else "http"
+            host = served[0].host
+            host = f"[{host}]" if ":" in host else host
+            server = f"{scheme}://{host}:{served[0].port}"
+        package = _docs_page.contracts_package(queues.values())
+        return asyncapi.document(
+            queues,
+            title=package,
+            version=_docs_page.distribution_version(package),
+            transport=transports[0],
+            server=server,
+        )
 
     async def _start_all(self) -> None:
         shared_port = self.port

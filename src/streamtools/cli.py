@@ -4,9 +4,9 @@ Each subcommand is one `_cmd_<name>(args) -> int` function, registered in `build
 with `set_defaults(handler=...)`. Errors are one line on stderr (`error: ...`) and a
 non-zero exit status: 1 when the command failed, 2 for a usage error; never a traceback.
 
-Contracts: `queues`, `send`, `run` and `asyncapi` import the package named by `--contracts`
-(default `$STREAMTOOLS_CONTRACTS`, else `generated`). As with `python -m`, the working
-directory comes first on `sys.path`, so a service's own `generated/` is found. An import
+Contracts: `queues`, `send`, `run`, `asyncapi` and `docs serve` import the package named by
+`--contracts` (default `$STREAMTOOLS_CONTRACTS`, else `generated`). As with `python -m`, the
+working directory comes first on `sys.path`, so a service's own `generated/` is found. An import
 error inside that package is shown, never taken for "no contracts".
 """
 
@@ -19,7 +19,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from typing import Any
 
 import msgspec
@@ -27,6 +26,7 @@ import msgspec
 from streamtools import codegen
 from streamtools import compat as compat_module
 from streamtools._codec import codec_for
+from streamtools._docs_page import distribution_version
 from streamtools._registry import PRODUCERS
 from streamtools._routing import ConsumerFactory
 from streamtools._runner import ConsumerRunner
@@ -49,6 +49,26 @@ def _add_contracts_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="package of generated contracts (default: $STREAMTOOLS_CONTRACTS, else "
         f"{DEFAULT_CONTRACTS!r}; the working directory is searched first)",
+    )
+
+
+def _add_document_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the AsyncAPI document: `asyncapi` and `docs serve`."""
+    _add_contracts_option(parser)
+    parser.add_argument(
+        "--transport",
+        default=os.environ.get("QUEUE_TYPE", "HTTPHandler"),
+        help="the transport the servers and bindings describe (default: $QUEUE_TYPE, else "
+        "HTTPHandler)",
+    )
+    parser.add_argument(
+        "--server", metavar="URL", help="the server URL (default: localhost); credentials dropped"
+    )
+    parser.add_argument("--title", help="info.title (default: the contracts package name)")
+    parser.add_argument(
+        "--api-version",
+        help="info.version (default: the version of the distribution holding the package, "
+        "else 0.0.0)",
     )
 
 
@@ -164,24 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
         "send and receive operations per queue (and its .dlq on queued transports), payload "
         "schemas from the contracts. JSON, or YAML when FILE ends in .yaml/.yml.",
     )
-    _add_contracts_option(doc)
-    doc.add_argument(
-        "--transport",
-        default=os.environ.get("QUEUE_TYPE", "HTTPHandler"),
-        help="the transport the servers and bindings describe (default: $QUEUE_TYPE, else "
-        "HTTPHandler)",
-    )
-    doc.add_argument(
-        "--server", metavar="URL", help="the server URL (default: localhost); credentials dropped"
-    )
-    doc.add_argument("--title", help="info.title (default: the contracts package name)")
-    doc.add_argument(
-        "--api-version",
-        help="info.version (default: the version of the distribution holding the package, "
-        "else 0.0.0)",
-    )
+    _add_document_options(doc)
     doc.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     doc.set_defaults(handler=_cmd_asyncapi)
+
+    docs = commands.add_parser(
+        "docs",
+        help="serve the AsyncAPI page of the contracts",
+        description="The AsyncAPI document of the contracts package as a page.",
+    )
+    docs_commands = docs.add_subparsers(title="docs commands", metavar="ACTION", required=True)
+    docs_serve = docs_commands.add_parser(
+        "serve",
+        help="serve the page, /asyncapi.json and /asyncapi.yaml until SIGINT/SIGTERM",
+        description="Serve the AsyncAPI document of the contracts package at /docs (an HTML "
+        "page, its viewer shipped with streamtools: nothing is fetched from elsewhere), "
+        "/asyncapi.json and /asyncapi.yaml until SIGINT or SIGTERM.",
+    )
+    _add_document_options(docs_serve)
+    docs_serve.add_argument(
+        "--host", default="127.0.0.1", help="host to listen on (default: 127.0.0.1)"
+    )
+    docs_serve.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default: 8000; 0: any free)"
+    )
+    docs_serve.set_defaults(handler=_cmd_docs_serve)
 
     compat = commands.add_parser(
         "compat",
@@ -351,18 +378,25 @@ def _cmd_compat(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_asyncapi(args: argparse.Namespace) -> int:
+def _document(args: argparse.Namespace) -> dict[str, Any]:
+    """The AsyncAPI document the `_add_document_options` options ask for."""
     from streamtools import asyncapi
 
     contracts = load_contracts(args.contracts)
     package = os.environ["STREAMTOOLS_CONTRACTS"]
-    doc = asyncapi.document(
+    return asyncapi.document(
         contracts,
         title=args.title or package,
-        version=args.api_version or _distribution_version(package),
+        version=args.api_version or distribution_version(package),
         transport=args.transport,
         server=args.server,
     )
+
+
+def _cmd_asyncapi(args: argparse.Namespace) -> int:
+    from streamtools import asyncapi
+
+    doc = _document(args)
     yaml = bool(args.output) and args.output.endswith((".yaml", ".yml"))
     text = asyncapi.dumps(doc, yaml=yaml)
     if args.output:
@@ -370,6 +404,38 @@ def _cmd_asyncapi(args: argparse.Namespace) -> int:
             out.write(text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _cmd_docs_serve(args: argparse.Namespace) -> int:
+    from streamtools import _docs_page
+    from streamtools._health import serve_endpoints
+
+    doc = _document(args)  # a bad contract or option fails before listening
+
+    async def serve() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        port, close = await serve_endpoints(
+            _docs_page.docs_endpoints(lambda: doc),
+            host=args.host,
+            port=args.port,
+            headers=_docs_page.HEADERS,
+        )
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(
+            f"serving the AsyncAPI page at http://{host}:{port}{_docs_page.DOCS_PATH}", flush=True
+        )
+        try:
+            await stop.wait()
+        finally:
+            await close()
+
+    asyncio.run(serve())
     return 0
 
 
@@ -426,16 +492,6 @@ def _cmd_outbox_relay(args: argparse.Namespace) -> int:
     stats = relay.stats
     print(f"published {stats.published}, parked {stats.parked}", file=sys.stderr)
     return 0
-
-
-def _distribution_version(package: str) -> str:
-    top = package.partition(".")[0]
-    for dist in metadata.packages_distributions().get(top, []):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return "0.0.0"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
