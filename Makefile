@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SRC := src tests examples benchmarks scripts
 PYTEST_ARGS ?=
 
-.PHONY: all venv codegen check format lint typecheck codegen-check node-deps test test-fast test-min demo bench bench-quick dist compat mutate clean
+.PHONY: all venv codegen check format lint typecheck codegen-check node-deps browser-deps test test-fast test-min demo bench bench-quick dist compat mutate clean
 
 all: check
 
@@ -56,7 +56,18 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR
 		echo "warning: npm is not on PATH; the Node.js interop tests will skip" >&2; \
 	fi
 
-test: check node-deps
+# Debian's chromium and chromedriver, for the AsyncAPI page's browser test (tests/test_docs_page.py):
+# installed with apt-get when missing (as root), else the command to run and a failure.
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else \
+		echo "the browser test needs chromium and chromedriver; run: sudo apt-get install -y chromium chromium-driver" >&2; \
+		exit 1; \
+	fi
+
+test: check node-deps browser-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -77,7 +88,7 @@ $(MIN_STAMP): pyproject.toml scripts/lowest_pins.py
 	$(VENV_MIN)/bin/python -m pip install --quiet -e . -r $(VENV_MIN)/requirements.txt
 	touch $(MIN_STAMP)
 
-test-min: $(MIN_STAMP) node-deps
+test-min: $(MIN_STAMP) node-deps browser-deps
 	$(VENV_MIN)/bin/pytest -q -m "not slow" $$($(VENV_MIN)/bin/python scripts/lowest_pins.py --ignored) $(PYTEST_ARGS)
 
 demo: $(STAMP)
