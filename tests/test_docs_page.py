@@ -440,6 +440,21 @@ def test_runner_docs_needs_a_port_and_one_describable_transport() -> None:
         )
 
 
+def test_cli_run_overrides_keep_the_docs() -> None:
+    import argparse
+
+    from streamtools.cli import _runner_for
+
+    queue = next(iter(QUEUES.values()))
+    runner = ConsumerRunner(
+        [CONSUMER_LOOPS[MEMORY](queue)], {queue.name: _ignore}, port=0, docs=True
+    )
+    overrides = argparse.Namespace(transport=None, host=None, port=free_port(), target="m:a")
+    overridden = _runner_for(runner, overrides)
+    assert overridden is not runner
+    assert overridden.docs
+
+
 # --- the viewer itself ---------------------------------------------------------------------
 
 

@@ -312,6 +312,7 @@ def _runner_for(target: object, args: argparse.Namespace) -> ConsumerRunner:
                 port=args.port if args.port is not None else target.port,
                 host=args.host or target.host,
                 shutdown_timeout=target.shutdown_timeout,
+                docs=target.docs,
             )
             # The service's own cleanups (e.g. closing its producers) still run at the stop.
             runner.on_startup = list(target.on_startup)  # e.g. an outbox relay's start
