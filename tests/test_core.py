@@ -157,7 +157,7 @@ async def test_unknown_send_option_is_a_configuration_error() -> None:
 
 def test_handler_registration_errors() -> None:
     consumer = MemoryConsumer(Queue(unique_name(), Point))
-    with pytest.raises(ConfigurationError, match="no handler option method; accepted: none"):
+    with pytest.raises(ConfigurationError, match="no handler option method; accepted: batch"):
         consumer(method="GET")
 
     def sync_handler(msg: Point) -> None:

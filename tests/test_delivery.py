@@ -393,7 +393,9 @@ def _policy(handler_fails: bool, **settings: Any) -> _PolicyOnly:
 
 
 async def _feed(consumer: _PolicyOnly, incoming: Incoming) -> None:
-    await consumer._accept(incoming)
+    task = consumer._accept(incoming)
+    assert task is not None
+    await task
 
 
 async def test_the_original_is_settled_only_after_its_copy_is_confirmed() -> None:

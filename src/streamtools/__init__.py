@@ -1,6 +1,7 @@
 """streamtools: typed, async messaging between microservices over HTTP, RabbitMQ or in memory."""
 
 from streamtools._base import Capabilities, Consumer, Producer, Route
+from streamtools._batching import Batch, BatchHandler
 from streamtools._codec import Metadata, current_metadata
 from streamtools._contracts import register_contracts, registered_contracts
 from streamtools._factory import HandleMsgs, HandlerFactory
@@ -27,6 +28,7 @@ from streamtools._settings import Limits, RetryPolicy
 from streamtools._telemetry import configure_tracing, enable_metrics
 from streamtools._types import Handler, Queue
 from streamtools.errors import (
+    BatchError,
     CodecError,
     CodegenError,
     ConfigurationError,
@@ -56,6 +58,9 @@ __all__ = [
     "PRODUCERS",
     "REDIS",
     "RMQ",
+    "Batch",
+    "BatchError",
+    "BatchHandler",
     "Capabilities",
     "CodecError",
     "CodegenError",

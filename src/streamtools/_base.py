@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, overload
 
 import msgspec
 
@@ -41,6 +41,9 @@ from streamtools.errors import (
     StreamtoolsError,
     UnsupportedError,
 )
+
+if TYPE_CHECKING:
+    from streamtools._batching import Batch, BatchHandler
 
 logger = logging.getLogger("streamtools")
 logger.addHandler(logging.NullHandler())
@@ -412,8 +415,16 @@ class Consumer(_Endpoint, Generic[T]):
             "in_flight": self._inflight,
         }
 
-    def __call__(self, **options: object) -> Callable[[Handler[T]], Handler[T]]:
-        """Register the decorated handler for this queue; returns it unchanged."""
+    @overload
+    def __call__(  # type: ignore[overload-overlap]  # batch= picks the first
+        self, *, batch: Batch, **options: object
+    ) -> Callable[[BatchHandler[T]], BatchHandler[T]]: ...
+    @overload
+    def __call__(self, **options: object) -> Callable[[Handler[T]], Handler[T]]: ...
+    def __call__(self, **options: object) -> Callable[[Any], Any]:
+        """Register the decorated handler for this queue; returns it unchanged.
+
+        With `batch=Batch(...)` (queued transports) the handler takes `list[T]`."""
         unknown = set(options) - self.route_options
         if unknown:
             accepted = ", ".join(sorted(self.route_options)) or "none"
@@ -422,7 +433,7 @@ class Consumer(_Endpoint, Generic[T]):
                 f"accepted: {accepted}"
             )
 
-        def register(handler: Handler[T]) -> Handler[T]:
+        def register(handler: Any) -> Any:
             if not asyncio.iscoroutinefunction(handler):
                 raise ConfigurationError(
                     f"handler {getattr(handler, '__qualname__', handler)!r} must be an async def"
@@ -473,6 +484,7 @@ class Consumer(_Endpoint, Generic[T]):
         self._stopped.set()
         if self._started:
             await self._stop_intake()
+            self._flush_waiting()
             try:
                 async with asyncio.timeout(self.shutdown_timeout):
                     await self._idle.wait()
@@ -490,14 +502,7 @@ class Consumer(_Endpoint, Generic[T]):
         Raises DecodeError / ValidationError for bad input and HandlerError (with the handler's
         exception as `__cause__`) when the handler raised.
         """
-        if meta.content_type == JSON:
-            codec = codec_for(self.queue.message_type)
-        else:
-            try:
-                codec = codec_for(self.queue.message_type, meta.content_type)
-            except ValueError as exc:
-                raise DecodeError(f"unsupported content type {meta.content_type!r}") from exc
-        msg = codec.decode(body)
+        msg = self._decode(body, meta)
         token = _current.set(meta)
         try:
             if self._chains:
@@ -514,6 +519,17 @@ class Consumer(_Endpoint, Generic[T]):
             ) from exc
         finally:
             _current.reset(token)
+
+    def _decode(self, body: bytes, meta: Metadata) -> T:
+        """`body` as a T, read in its content type; DecodeError / ValidationError if not."""
+        if meta.content_type == JSON:
+            codec = codec_for(self.queue.message_type)
+        else:
+            try:
+                codec = codec_for(self.queue.message_type, meta.content_type)
+            except ValueError as exc:
+                raise DecodeError(f"unsupported content type {meta.content_type!r}") from exc
+        return codec.decode(body)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         """Track a task handling a delivery: a shutdown timeout cancels it."""
@@ -550,6 +566,10 @@ class Consumer(_Endpoint, Generic[T]):
     @abc.abstractmethod
     async def _stop_intake(self) -> None:
         """Stop taking new messages; in-flight handlers go on."""
+
+    def _flush_waiting(self) -> None:
+        """Intake has stopped: hand on what waits for more (open batches), at once."""
+        return
 
     async def _abort_inflight(self) -> None:
         """Shutdown timed out: cancel the tracked deliveries so their messages are redelivered.

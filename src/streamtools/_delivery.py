@@ -37,13 +37,14 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Coroutine, Hashable, Mapping, Sequence
+from typing import Any, ClassVar, Final
 
 import msgspec
 
 from streamtools import _telemetry
 from streamtools._base import Consumer, Route, encode_reply
+from streamtools._batching import Batch, Batcher
 from streamtools._binding import carried
 from streamtools._codec import Metadata
 from streamtools._middleware import Middleware
@@ -51,6 +52,7 @@ from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPo
 from streamtools._types import Queue, T
 from streamtools.errors import (
     CodecError,
+    ConfigurationError,
     DecodeError,
     HandlerError,
     PublishError,
@@ -152,7 +154,10 @@ class QueuedConsumer(Consumer[T]):
 
     A subclass receives messages and calls `_accept(incoming)` for each; it declares the
     queues `retry_stages` says it needs (0 on a DLQ consumer) and implements the hooks.
+    Handlers may take batches (`@consumer(batch=Batch(...))`, see `_batching`).
     """
+
+    route_options: ClassVar[frozenset[str]] = frozenset({"batch"})
 
     def __init__(
         self,
@@ -185,6 +190,7 @@ class QueuedConsumer(Consumer[T]):
         name = self.queue.name
         self.dead_letter_queue = dead_letter_queue(name)
         self.is_dead_letter_queue = self.dead_letter_queue == name
+        self._batcher: Batcher | None = None
 
     @property
     def retry_stages(self) -> int:
@@ -192,19 +198,52 @@ class QueuedConsumer(Consumer[T]):
         return 0 if self.is_dead_letter_queue else self.max_retries
 
     def _accept(
-        self, incoming: Incoming, *, after: asyncio.Task[None] | None = None
-    ) -> asyncio.Task[None]:
+        self,
+        incoming: Incoming,
+        *,
+        after: asyncio.Task[None] | None = None,
+        batch_key: Hashable = None,
+    ) -> asyncio.Task[None] | None:
         """Take one received message: handled in a task of its own, tracked for shutdown.
 
         Our own task, not the client library's: a lost connection must not cancel a running
         handler. With `after`, the handler runs once that delivery is done (Kafka: in order
-        within a key). Returns the delivery's task.
+        within a key). Returns the delivery's task; None on a batch route, where the
+        message joins the open batch of `batch_key` (Kafka: its partition).
         """
         self._delivery_started()
+        if self._batcher is not None:
+            try:
+                self._check_size(incoming)
+            except DecodeError as exc:
+                return self._spawn(self._conclude(incoming, exc))
+            self._batcher.add(incoming, batch_key)
+            return None
         route = self.routes[0]
         if after is None or after.done():
             return self._spawn(self._deliver(route, incoming))
         return self._spawn(self._deliver_after(after, route, incoming))
+
+    def _add_route(self, route: Route[T]) -> None:
+        batch = route.options.get("batch")
+        if batch is not None:
+            if not isinstance(batch, Batch):
+                raise ConfigurationError(
+                    f"{self!r}: batch must be a streamtools.Batch, got {batch!r}"
+                )
+            if batch.max_size > self.max_in_flight:
+                raise ConfigurationError(
+                    f"{self!r}: a batch of up to {batch.max_size} messages needs "
+                    f"limits=Limits(max_in_flight={batch.max_size}) or more (it is "
+                    f"{self.max_in_flight}): a batch never holds more than that"
+                )
+        super()._add_route(route)
+        if batch is not None:
+            self._batcher = Batcher(self, route, batch)
+
+    def _flush_waiting(self) -> None:
+        if self._batcher is not None:
+            self._batcher.flush_all()
 
     async def _deliver_after(
         self, after: asyncio.Task[None], route: Route[T], incoming: Incoming
@@ -230,29 +269,54 @@ class QueuedConsumer(Consumer[T]):
             await self._run(route, incoming)
 
     async def _run(self, route: Route[T], incoming: Incoming) -> tuple[str, BaseException | None]:
-        """Decide and settle one delivery; return its outcome (see `_telemetry.OUTCOMES`)
-        and the error behind it."""
+        """Decode, handle and settle one delivery; return its outcome (see
+        `_telemetry.OUTCOMES`) and the error behind it."""
+        try:
+            self._check_size(incoming)
+            reply = await self._process(route, incoming.body, incoming.meta)
+        except (CodecError, HandlerError) as exc:
+            return await self._conclude(incoming, exc)
+        except asyncio.CancelledError:
+            incoming.abandon()
+            self._delivery_done()
+            raise
+        except Exception as exc:
+            return await self._conclude(incoming, internal=exc)
+        return await self._conclude(incoming, reply=reply)
+
+    def _check_size(self, incoming: Incoming) -> None:
+        size = len(incoming.body)
+        if size > self.max_message_size:
+            raise DecodeError(
+                f"the message is {size} bytes, over max_message_size "
+                f"({self.max_message_size}); it was not decoded"
+            )
+
+    async def _conclude(
+        self,
+        incoming: Incoming,
+        failure: CodecError | HandlerError | None = None,
+        *,
+        reply: object = None,
+        internal: Exception | None = None,
+    ) -> tuple[str, BaseException | None]:
+        """Settle one delivery whose handling is over: handled (`failure` None; the reply
+        sent first), invalid (a CodecError: dead-lettered), or failed (a HandlerError:
+        retried, then dead-lettered). Ends the delivery; returns its outcome and error."""
         meta = incoming.meta
         outcome = "ok"
         error: BaseException | None = None
         try:
-            try:
-                size = len(incoming.body)
-                if size > self.max_message_size:
-                    raise DecodeError(
-                        f"the message is {size} bytes, over max_message_size "
-                        f"({self.max_message_size}); it was not decoded"
-                    )
-                reply = await self._process(route, incoming.body, meta)
-            except CodecError as exc:
-                error = exc
-                outcome = await self._failed(incoming, exc, invalid=True)
-            except HandlerError as exc:
-                error = exc.__cause__ or exc
-                outcome = await self._failed(incoming, exc, invalid=False)
-            else:
-                if incoming.wants_reply:
-                    await self._reply(incoming, reply)
+            if internal is not None:
+                raise internal
+            if isinstance(failure, CodecError):
+                error = failure
+                outcome = await self._failed(incoming, failure, invalid=True)
+            elif failure is not None:
+                error = failure.__cause__ or failure
+                outcome = await self._failed(incoming, failure, invalid=False)
+            elif incoming.wants_reply:
+                await self._reply(incoming, reply)
             await incoming.settle()
         except asyncio.CancelledError:
             incoming.abandon()
@@ -399,7 +463,7 @@ class QueuedConsumer(Consumer[T]):
             extra["trace_id"] = trace_id
         return extra
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._track(task)
         return task

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast, overload
 
 from streamtools._base import Capabilities, Consumer
+from streamtools._batching import Batch, BatchHandler
 from streamtools._contracts import resolve_queue
 from streamtools._middleware import Middleware, checked
 from streamtools._registry import CONSUMER_LOOPS
@@ -74,13 +75,27 @@ class ConsumerFactory:
             )
         return other
 
+    @overload
+    def route(  # type: ignore[overload-overlap]  # batch= picks the first
+        self,
+        queue: Queue[T] | str,
+        *,
+        message_type: type[T] | None = None,
+        batch: Batch,
+        **options: object,
+    ) -> Callable[[BatchHandler[T]], BatchHandler[T]]: ...
+    @overload
     def route(
         self, queue: Queue[T] | str, *, message_type: type[T] | None = None, **options: object
-    ) -> Callable[[Handler[T]], Handler[T]]:
-        """Record the decorated handler for `queue`; `options` go to `@consumer(...)`."""
+    ) -> Callable[[Handler[T]], Handler[T]]: ...
+    def route(
+        self, queue: Queue[T] | str, *, message_type: type[T] | None = None, **options: object
+    ) -> Callable[[Any], Any]:
+        """Record the decorated handler for `queue`; `options` go to `@consumer(...)`
+        (`batch=Batch(...)`: the handler takes `list[T]`)."""
         name = resolve_queue(queue, message_type).name  # a bad queue name fails here
 
-        def register(handler: Handler[T]) -> Handler[T]:
+        def register(handler: Any) -> Any:
             if not asyncio.iscoroutinefunction(handler):
                 raise ConfigurationError(
                     f"handler {getattr(handler, '__qualname__', handler)!r} must be an async def"

@@ -15,6 +15,7 @@
     │   └── DecodeError           the bytes are not a valid message (malformed or invalid)
     │       └── ValidationError   well-formed, but the bytes or the Struct break the schema
     ├── HandlerError              a handler raised (wraps the original as __cause__)
+    ├── BatchError                raised by a batch handler: these messages of it failed
     ├── OutsideHandlerError       current_metadata() outside a handler (also a LookupError)
     └── UnsupportedError          the transport does not offer this operation
 
@@ -29,10 +30,11 @@ malformed body. A Struct that breaks its schema at the sender raises `Validation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
+    "BatchError",
     "CodecError",
     "CodegenError",
     "ConfigurationError",
@@ -152,6 +154,24 @@ class ValidationError(DecodeError):
 
 class HandlerError(StreamtoolsError):
     """A handler raised; the original exception is the `__cause__`."""
+
+
+class BatchError(StreamtoolsError):
+    """Raise it from a batch handler to fail some of its messages: `failures` maps each
+    failed message's index in the batch to why. Those go through the delivery policy alone
+    (retried, then dead-lettered); the rest of the batch is handled."""
+
+    def __init__(self, failures: Mapping[int, BaseException]) -> None:
+        self.failures: Mapping[int, BaseException] = dict(failures)
+        shown = ", ".join(
+            f"{index}: {type(error).__name__}: {error}"
+            for index, error in sorted(self.failures.items())[:5]
+        )
+        more = len(self.failures) - 5
+        super().__init__(
+            f"{len(self.failures)} message(s) of the batch failed ({shown}"
+            + (f", and {more} more)" if more > 0 else ")")
+        )
 
 
 class OutsideHandlerError(StreamtoolsError, LookupError):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from streamtools import CONSUMER_LOOPS, CONSUMERS, HTTP, MEMORY, PRODUCERS, Consumer, Producer
+from streamtools import (
+    CONSUMER_LOOPS,
+    CONSUMERS,
+    HTTP,
+    MEMORY,
+    PRODUCERS,
+    Batch,
+    Consumer,
+    Producer,
+)
 
 from .models import ORDERS, OrderCreated, PaymentDone
 
@@ -26,6 +35,11 @@ async def service() -> None:
     @consumer()
     async def on_order(msg: OrderCreated) -> None:
         print(msg.order_id, message_id)
+
+    # A batch handler takes a list of the queue's type.
+    @CONSUMER_LOOPS[MEMORY](ORDERS)(batch=Batch(max_size=10, max_wait=0.5))
+    async def on_orders(batch: list[OrderCreated]) -> None:
+        print([msg.order_id for msg in batch])
 
     @CONSUMERS[MEMORY]("payments", message_type=PaymentDone)()
     async def on_payment(msg: PaymentDone) -> PaymentDone:

@@ -281,6 +281,8 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         """Finish what runs on the revoked partitions, commit, and let them go."""
         gone = [(tp, self._partitions[tp]) for tp in revoked if tp in self._partitions]
         running = {task for _, partition in gone for task in partition.running}
+        if self._batcher is not None:  # a partition's batches run in order: its last one
+            running.update(filter(None, (self._batcher.flush(tp) for tp, _ in gone)))
         if running:
             await asyncio.wait(running, timeout=self.shutdown_timeout)
         for tp, partition in gone:
@@ -326,8 +328,12 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         partition.last = record.offset
         key: bytes | None = record.key
         incoming = _Incoming(self, tp, partition, record.offset, key, record.value or b"", meta)
+        if self._batcher is not None:  # batches per partition, in order (see _revoke)
+            self._accept(incoming, batch_key=tp)
+            return
         after = self._key_tails.get(key) if key is not None else None
         task = self._accept(incoming, after=after)
+        assert task is not None
         partition.running.add(task)
         task.add_done_callback(partition.running.discard)
         if key is not None:
