@@ -282,6 +282,7 @@ def _assert_offline_render(browser: Browser, base: str, doc: Mapping[str, Any]) 
     for name in [*channels, *messages]:
         assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", text), f"{name!r} not on the page"
     assert doc["info"]["title"] in text
+    assert not re.search(r"\b(null|undefined|NaN)\b|\[object ", text), "a value left unrendered"
     # the capture works: the page, its script and its style were seen ...
     assert {base + path for path in (docs_page.DOCS_PATH, docs_page.SCRIPT_PATH)} <= set(
         requested

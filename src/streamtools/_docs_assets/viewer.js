@@ -133,7 +133,7 @@
   }
 
   function bindingsView(bindings) {
-    if (!bindings) return null;
+    if (!bindings) return document.createDocumentFragment();
     const list = el("dl", { class: "bindings" });
     for (const [protocol, value] of Object.entries(bindings)) {
       list.append(el("dt", {}, protocol + " binding"), el("dd", {}, el("code", {}, JSON.stringify(value))));
