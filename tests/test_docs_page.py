@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import socketserver
 import subprocess
 import sys
@@ -375,6 +376,24 @@ def test_cli_refuses_bad_contracts_before_listening() -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: no contracts package 'no_such_pkg'")
     assert "serving" not in done.stdout
+
+
+def test_cli_reports_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "streamtools", "docs", "serve", "--port", str(port)]
+        done = subprocess.run(
+            [*command, "--contracts", "examples.contracts"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
 
 
 # --- ConsumerRunner(docs=True) ---------------------------------------------------------------
