@@ -331,6 +331,25 @@ async def test_a_consumer_built_in_an_earlier_client_is_rebuilt_in_the_next() ->
     assert handled == [1]
 
 
+async def test_a_batch_handler_in_process() -> None:
+    from streamtools import Batch
+
+    orders, _ = queues()
+    batches: list[list[int]] = []
+    async with TestClient() as client:
+        consumer = CONSUMER_LOOPS[RMQ](orders)
+
+        @consumer(batch=Batch(max_size=2, max_wait=0.05))
+        async def on_orders(batch: list[Order]) -> None:
+            batches.append([order.id for order in batch])
+
+        await client.start(consumer)
+        sends = [client.send(orders, Order(id=i, quantity=1)) for i in range(3)]
+        await asyncio.gather(*sends)
+        assert sorted(i for batch in batches for i in batch) == [0, 1, 2]
+        assert max(len(batch) for batch in batches) == 2
+
+
 async def test_send_times_out_on_a_stuck_handler() -> None:
     orders, _ = queues()
     release = asyncio.Event()
