@@ -70,7 +70,10 @@ KAFKA_PRODUCE_CONCURRENT = Target(
     "Kafka produce acks=all, 256 in flight vs aiokafka", 1.0, ">= 1.0x"
 )
 KAFKA_PRODUCE_MANY = Target("Kafka produce acks=all, send_many(256) vs aiokafka", 1.0, ">= 1.0x")
-KAFKA_CONSUME = Target("Kafka consume+commit vs aiokafka", 1.0, ">= 1.0x")
+KAFKA_CONSUME_RECORD = Target(
+    "Kafka consume per record vs aiokafka per-record loop", 1.0, ">= 1.0x"
+)
+KAFKA_CONSUME_BATCH = Target("Kafka batch consume vs aiokafka getmany", 1.0, ">= 1.0x")
 CODEC_ENCODE = Target("Codec encode + metadata vs msgspec + uuid4 + RFC 3339 time", 2.5, ">= 2.5x")
 CODEC_DECODE = Target("Codec decode + validate vs msgspec", 1 / 1.1, "within 1.1x")
 RSS = {
@@ -88,7 +91,8 @@ TARGETS: list[Target] = [
     *HTTP_REQUEST.values(),
     KAFKA_PRODUCE_CONCURRENT,
     KAFKA_PRODUCE_MANY,
-    KAFKA_CONSUME,
+    KAFKA_CONSUME_RECORD,
+    KAFKA_CONSUME_BATCH,
     CODEC_ENCODE,
     CODEC_DECODE,
     *RSS.values(),

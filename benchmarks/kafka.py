@@ -9,12 +9,44 @@ streamtools writes (`ce_id`, `ce_type`, `ce_source`, `ce_specversion`, `ce_time`
 content-type header only (reported: it shows what the six headers cost). Each produce run
 writes to a fresh topic (created and deleted untimed).
 
-Consume+commit: every contender reads the same prefilled topic from the start in a fresh
-consumer group (a group join takes seconds, so the clock runs from the first record handled
-to the last); streamtools commits through its settle window, the raw consumer decodes each
-batch and awaits a commit after it (no task per record: the leanest loop aiokafka allows).
-Issue #14's target is >= 1.0x against it. Committed offsets are checked after each run
-(untimed).
+Consume+commit, two cases, each on its own topic of 3 partitions prefilled (untimed, in the
+case's setup) with the same records (5,000 with `--quick`, 20,000 in the full run), written
+by a streamtools producer without a key, so its partitioner spreads them over the partitions
+(the setup reads the topic through and prints the count per partition: about a third each).
+Every run of every contender joins a fresh consumer group (one member, so it gets all three
+partitions) and reads the topic from the start, at equal guarantees: at-least-once (no
+auto-commit; a record's offset is committed only after it was handled), every record decoded
+into the `OrderCreated` Struct with msgspec, at most PREFETCH (128) records per poll where
+the client has the setting. Committed offsets are checked after each run (untimed): the
+group must have committed every record (streamtools short of it fails the case; a
+contender, a warning).
+
+The clock, for every contender alike, runs from the moment the group assigns the partitions
+to the consumer (the rebalance listener's `on_partitions_assigned`: the raw consumers and
+FastStream are given a listener that starts it, FastStream through its subscriber's
+`listener=`; streamtools' is its own listener, which calls `KafkaConsumer._assign`, which the
+benchmark's subclass overrides to start the clock first) to the moment the last record was
+handled (the handler, or the raw loop after decoding it). So it covers the fetches, the
+decoding, the handler calls and the commits made meanwhile, but not the group join before
+(seconds of rebalance rounds, the same for everyone) nor the commit that may follow the last
+record (each contender makes it untimed before the check).
+
+- "kafka consume per record": streamtools' `@consumer()` handler of one `OrderCreated`
+  (`Limits(max_in_flight=128)`: up to 128 handlers at once, in order per key; the settle
+  window commits each partition's handled prefix). Against: raw aiokafka's per-record loop,
+  `async for record in consumer`, decoding each and `await consumer.commit()` every 100
+  records (issue #24's target, >= 1.0x); raw `getmany(max_records=128)` committing per batch
+  (reported); FastStream's `KafkaBroker` subscriber with its msgspec serializer
+  (`fast_depends.msgspec.MsgSpecSerializer`), `ack_policy=AckPolicy.ACK`: no auto-commit,
+  one `consumer.commit()` after each handler returned (what FastStream does to commit only
+  handled records; its default, ACK_FIRST, auto-commits before handling). It reads with
+  `getone`, which `max_poll_records` does not bound (reported).
+- "kafka consume batch": streamtools' `@consumer(batch=Batch(max_size=128, max_wait=0.05))`
+  handler of `list[OrderCreated]` (batches per partition; one commit per partition per
+  batch). Against: raw `getmany(max_records=128)` decoding every record of the poll and
+  awaiting one `consumer.commit()` after it (issue #24's target, >= 1.0x); FastStream's
+  `batch=True` subscriber (`max_records=128`, `list[OrderCreated]`, `AckPolicy.ACK`: a
+  commit after each batch; reported).
 """
 
 from __future__ import annotations
@@ -27,12 +59,14 @@ from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from benchmarks.common import PREFETCH, WINDOW, orders, windows
 from benchmarks.harness import (
-    KAFKA_CONSUME,
+    KAFKA_CONSUME_BATCH,
+    KAFKA_CONSUME_RECORD,
     KAFKA_PRODUCE_CONCURRENT,
     KAFKA_PRODUCE_MANY,
     Case,
@@ -41,7 +75,7 @@ from benchmarks.harness import (
     Workload,
 )
 from examples.contracts import OrderCreated
-from streamtools import Limits
+from streamtools import Batch, Limits
 from streamtools._codec import default_source, new_metadata
 from streamtools.transports.kafka import KafkaConsumer, KafkaProducer
 from streamtools.transports.kafka._client import NO_IDEMPOTENCE
@@ -202,24 +236,43 @@ def produce_cases(count: int) -> list[Case]:
 
 # --- consume + commit ------------------------------------------------------------------------
 
+PARTITIONS = 3  # the consume topic's partitions (streamtools' default for the topics it makes)
+RAW_COMMIT_EVERY = 100  # records between the raw per-record loop's commits
+
 
 class _Clock:
-    """Counts handled records; the clock runs from the first to the last (`event` at target)."""
+    """Counts handled records; the clock runs from `start` (the group assigned the partitions)
+    to the last record (`event` at target)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.count = 0
-        self.first = self.last = 0.0
+        self.started: float | None = None
+        self.last = 0.0
         self.event = asyncio.Event()
 
+    def start(self) -> None:
+        """The partitions are assigned: the first assignment starts the clock (a later one,
+        after a rebalance, does not restart it)."""
+        if self.started is None:
+            self.started = time.perf_counter()
+
     def hit(self) -> None:
-        now = time.perf_counter()
-        if not self.count:
-            self.first = now
         self.count += 1
         if self.count >= self.target:
-            self.last = now
+            self.last = time.perf_counter()
             self.event.set()
+
+    def hit_many(self, n: int) -> None:
+        """`n` records handled at once (a batch)."""
+        self.count += n
+        if self.count >= self.target:
+            self.last = time.perf_counter()
+            self.event.set()
+
+    @property
+    def done(self) -> bool:
+        return self.count >= self.target
 
     async def wait(self, what: str) -> tuple[int, float]:
         try:
@@ -227,7 +280,41 @@ class _Clock:
                 await self.event.wait()
         except TimeoutError:
             raise RuntimeError(f"{what}: only {self.count} of {self.target} handled") from None
-        return self.target - 1, self.last - self.first  # intervals between first and last
+        if self.count < self.target:  # the event set by a loop that stopped (see watch)
+            raise RuntimeError(f"{what}: stopped after {self.count} of {self.target} handled")
+        if self.started is None:
+            raise RuntimeError(f"{what}: the clock never started (no partition assignment seen)")
+        return self.target, self.last - self.started
+
+    def watch(self, task: asyncio.Task[None]) -> None:
+        """A loop task that ends (done or failed) wakes `wait`."""
+        task.add_done_callback(lambda _: self.event.set())
+
+
+class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Starts the clock when the group assigns the partitions (raw aiokafka and FastStream)."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            self.clock.start()
+
+
+class _ClockedConsumer(KafkaConsumer[OrderCreated]):
+    """The streamtools consumer, unchanged but for starting the clock when its rebalance
+    listener hands it the assigned partitions (as `_Assigned` does for the others)."""
+
+    clock: _Clock
+
+    def _assign(self, assigned: set[TopicPartition]) -> Any:
+        if assigned:
+            self.clock.start()
+        return super()._assign(assigned)  # whatever it returns (sync or async)
 
 
 async def _committed(topic: str, group: str) -> int:
@@ -244,91 +331,235 @@ async def _committed(topic: str, group: str) -> int:
         await probe.stop()
 
 
-def consume_cases(count: int) -> list[Case]:
-    topic = unique("consume")
-    msgs = orders(count)
+async def _spread(topic: str, expected: int) -> dict[int, int]:
+    """The records in each partition of `topic`, read through without a group (Tansu's
+    end offsets lag behind what a fetch returns right after producing, so they are counted)."""
+    probe = AIOKafkaConsumer(
+        topic, bootstrap_servers=servers(), auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await probe.start()
+    try:
+        found: dict[int, int] = dict.fromkeys(sorted(probe.partitions_for_topic(topic) or ()), 0)
+        while sum(found.values()) < expected:
+            batches = await probe.getmany(timeout_ms=5000)
+            if not batches:
+                break
+            for tp, records in batches.items():
+                found[tp.partition] = found.get(tp.partition, 0) + len(records)
+        return found
+    finally:
+        await probe.stop()
 
-    async def setup() -> None:
+
+class _Prefilled:
+    """A case's topic: PARTITIONS partitions prefilled (untimed, in setup) with the records."""
+
+    def __init__(self, case: str, msgs: list[OrderCreated]) -> None:
+        self.name = unique(case)
+        self.msgs = msgs
+
+    async def setup(self) -> None:
         async with KafkaProducer(
-            topic, message_type=OrderCreated, bootstrap_servers=servers()
+            self.name,
+            message_type=OrderCreated,
+            bootstrap_servers=servers(),
+            partitions=PARTITIONS,
         ) as producer:
-            for start in range(0, count, 1024):  # untimed: the same records for everyone
-                await producer.send_many(msgs[start : start + 1024])
+            # The same records for everyone, without a key: the partitioner spreads them.
+            for start in range(0, len(self.msgs), 1024):
+                await producer.send_many(self.msgs[start : start + 1024])
+        spread = await _spread(self.name, len(self.msgs))
+        if len(spread) != PARTITIONS or sum(spread.values()) != len(self.msgs):
+            raise RuntimeError(f"prefill: {spread} (partition: records), not {len(self.msgs)}")
+        print("  records per partition: " + ", ".join(f"{n:,}" for n in spread.values()))
 
-    async def teardown() -> None:
-        await delete_topics([topic])
+    async def teardown(self) -> None:
+        await delete_topics([self.name])
 
-    async def check(group: str, who: str) -> None:
-        committed = await _committed(topic, group)
-        if committed != count:
-            message = f"{who} committed {committed} of {count} offsets"
+    async def check(self, group: str, who: str) -> None:
+        """The group committed every record (streamtools: or the case fails)."""
+        committed = await _committed(self.name, group)
+        if committed != len(self.msgs):
+            message = f"{who} committed {committed} of {len(self.msgs)} offsets"
             if who == "streamtools":
                 raise RuntimeError(message)
             print(f"  warning: {message}")
 
-    async def st_consume() -> tuple[int, float]:
-        group = unique("st-group")
-        clock = _Clock(count)
-        consumer = KafkaConsumer(
-            topic,
-            message_type=OrderCreated,
-            bootstrap_servers=servers(),
-            group=group,
-            limits=Limits(max_in_flight=PREFETCH),
-        )
 
-        @consumer()
-        async def handle(msg: OrderCreated) -> None:
-            clock.hit()
+def consume_cases(count: int) -> list[Case]:
+    msgs = orders(count)
+    per_record = _Prefilled("consume-record", msgs)
+    batched = _Prefilled("consume-batch", msgs)
 
-        await consumer.start()
-        try:
-            result = await clock.wait("streamtools consumer")
-        finally:
-            await consumer.close()  # commits what the window has not yet
-        await check(group, "streamtools")
-        return result
+    def streamtools(topic: _Prefilled, batch: bool) -> Workload:
+        async def run() -> tuple[int, float]:
+            group = unique("st-group")
+            clock = _Clock(count)
+            consumer = _ClockedConsumer(
+                topic.name,
+                message_type=OrderCreated,
+                bootstrap_servers=servers(),
+                group=group,
+                limits=Limits(max_in_flight=PREFETCH),
+            )
+            consumer.clock = clock
+            if batch:
 
-    async def raw_consume() -> tuple[int, float]:
-        group = unique("raw-group")
-        clock = _Clock(count)
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=servers(),
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=PREFETCH,
-        )
-        await consumer.start()
+                @consumer(batch=Batch(max_size=PREFETCH, max_wait=0.05))
+                async def handle_batch(received: list[OrderCreated]) -> None:
+                    clock.hit_many(len(received))
 
-        async def loop() -> None:
-            while True:
+            else:
+
+                @consumer()
+                async def handle(msg: OrderCreated) -> None:
+                    clock.hit()
+
+            await consumer.start()
+            try:
+                result = await clock.wait("streamtools consumer")
+            finally:
+                await consumer.close()  # commits what the window has not yet
+            await topic.check(group, "streamtools")
+            return result
+
+        return run
+
+    def raw(topic: _Prefilled, per_record: bool) -> Workload:
+        async def getmany(consumer: Any, clock: _Clock) -> None:
+            while not clock.done:
                 batches = await consumer.getmany(timeout_ms=500, max_records=PREFETCH)
                 for records in batches.values():
                     for record in records:
                         _decoder.decode(record.value)
-                        clock.hit()
+                    clock.hit_many(len(records))
                 if batches:
                     await consumer.commit()  # the offsets of the batch just handled
 
-        task = asyncio.create_task(loop())
-        try:
-            result = await clock.wait("aiokafka consumer")
-            await asyncio.sleep(0.05)  # let the last batch's commit go out
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await consumer.stop()
-        await check(group, "aiokafka")
-        return result
+        async def each(consumer: Any, clock: _Clock) -> None:
+            async for record in consumer:
+                _decoder.decode(record.value)
+                clock.hit()
+                if clock.count % RAW_COMMIT_EVERY == 0 or clock.done:
+                    await consumer.commit()  # everything handled so far
+                if clock.done:
+                    return
 
+        async def run() -> tuple[int, float]:
+            group = unique("raw-group")
+            clock = _Clock(count)
+            # streamtools' guarantees: no auto-commit, from the start, PREFETCH per poll.
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=servers(),
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=PREFETCH,
+            )
+            await consumer.start()
+            consumer.subscribe([topic.name], listener=_Assigned(clock))
+            task = asyncio.create_task((each if per_record else getmany)(consumer, clock))
+            clock.watch(task)
+            try:
+                result = await clock.wait("aiokafka consumer")
+                await task  # its last commit (or its error)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await consumer.stop()
+            await topic.check(group, "aiokafka")
+            return result
+
+        return run
+
+    def faststream(topic: _Prefilled, batch: bool) -> Workload:
+        async def run() -> tuple[int, float]:
+            from fast_depends.msgspec import MsgSpecSerializer
+            from faststream import AckPolicy
+            from faststream.kafka import KafkaBroker
+
+            group = unique("fs-group")
+            clock = _Clock(count)
+            # logger=None: FastStream's default logs two lines per message.
+            broker = KafkaBroker(servers(), logger=None, serializer=MsgSpecSerializer())
+            listener = _Assigned(clock)
+            # ack_policy=ACK: no auto-commit, a commit after each handler (each batch).
+            if batch:
+
+                @broker.subscriber(
+                    topic.name,
+                    batch=True,
+                    max_records=PREFETCH,
+                    batch_timeout_ms=500,
+                    group_id=group,
+                    auto_offset_reset="earliest",
+                    max_poll_records=PREFETCH,
+                    ack_policy=AckPolicy.ACK,
+                    listener=listener,
+                )
+                async def handle_batch(received: list[OrderCreated]) -> None:
+                    clock.hit_many(len(received))
+
+            else:
+
+                @broker.subscriber(
+                    topic.name,
+                    group_id=group,
+                    auto_offset_reset="earliest",
+                    max_poll_records=PREFETCH,
+                    ack_policy=AckPolicy.ACK,
+                    listener=listener,
+                )
+                async def handle(msg: OrderCreated) -> None:
+                    clock.hit()
+
+            await broker.start()
+            try:
+                result = await clock.wait("FastStream subscriber")
+                await asyncio.sleep(0.1)  # the commit after the last handler (untimed)
+            finally:
+                await broker.stop()
+            await topic.check(group, "FastStream")
+            return result
+
+        return run
+
+    getmany = f"aiokafka getmany({PREFETCH}), commit per batch"
     return [
         Case(
-            f"kafka consume+commit: {count:,} queued, {PREFETCH} in flight",
-            Contender("streamtools consumer (window commits)", st_consume),
-            [Contender("aiokafka getmany, commit per batch", raw_consume, target=KAFKA_CONSUME)],
-            setup=setup,
-            teardown=teardown,
-        )
+            f"kafka consume per record: {count:,} queued in {PARTITIONS} partitions, "
+            f"{PREFETCH} in flight",
+            Contender("streamtools @consumer() (window commits)", streamtools(per_record, False)),
+            [
+                Contender(
+                    f"aiokafka per-record loop, commit every {RAW_COMMIT_EVERY}",
+                    raw(per_record, per_record=True),
+                    target=KAFKA_CONSUME_RECORD,
+                ),
+                Contender(getmany, raw(per_record, per_record=False)),
+                Contender(
+                    "FastStream subscriber, commit after each (msgspec)",
+                    faststream(per_record, batch=False),
+                ),
+            ],
+            setup=per_record.setup,
+            teardown=per_record.teardown,
+        ),
+        Case(
+            f"kafka consume batch: {count:,} queued in {PARTITIONS} partitions, "
+            f"batches of {PREFETCH}",
+            Contender(
+                f"streamtools @consumer(batch=Batch({PREFETCH}, 0.05))",
+                streamtools(batched, True),
+            ),
+            [
+                Contender(getmany, raw(batched, per_record=False), target=KAFKA_CONSUME_BATCH),
+                Contender(
+                    "FastStream batch=True, commit after each batch (msgspec)",
+                    faststream(batched, batch=True),
+                ),
+            ],
+            setup=batched.setup,
+            teardown=batched.teardown,
+        ),
     ]
