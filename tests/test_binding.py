@@ -95,3 +95,35 @@ def test_a_send_option_may_not_set_owned_headers() -> None:
     assert {"ce-id", "ce-type", ATTEMPT_HEADER} <= CE.owned
     kafka = HeaderBinding("ce_", content_type_header="content-type")
     assert {"ce_id", "content-type"} <= kafka.owned
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        # ours: every attribute, an attempt, the trace context
+        [
+            ("ce_id", b"abc"),
+            ("ce_type", b"Order"),
+            ("ce_source", b"//svc"),
+            ("ce_specversion", b"1.0"),
+            ("ce_time", b"2024-05-01T12:00:00Z"),
+            ("content-type", b"application/msgpack; charset=x"),
+            (ATTEMPT_HEADER, b"3"),
+            ("traceparent", b"00-1-2-01"),
+        ],
+        # a foreign record: no attributes, odd values, a repeated key (the last one counts)
+        [("x-a", None), ("x-b", b"\xff"), ("x-b", b"second"), ("content-type", b"")],
+        [],
+    ],
+)
+def test_read_pairs_reads_what_read_reads(pairs: list[tuple[str, object]]) -> None:
+    """Kafka's one-pass reader gives the Metadata the Mapping reader gives for the same
+    headers (with the same fallbacks)."""
+    binding = HeaderBinding("ce_", content_type_header="content-type")
+    by_map = binding.read(
+        dict(pairs), default_type="Fallback", id="t-0-7", time="2020-01-01T00:00:00Z"
+    )
+    by_pairs = binding.read_pairs(
+        pairs, default_type="Fallback", id=lambda: "t-0-7", time=lambda: "2020-01-01T00:00:00Z"
+    )
+    assert by_pairs == by_map

@@ -23,8 +23,9 @@ delivery policy, the same on every queued transport:
   the batches of a key run one after another, in the order their messages arrived (Kafka:
   a partition's in offset order; the partitions' batches side by side);
 - a batch never holds more messages than the consumer's `Limits.max_in_flight`, so `max_size`
-  above it is a ConfigurationError; shutdown (and a Kafka rebalance) hands the open batches
-  to the handler at once, without waiting for `max_wait`.
+  above it is a ConfigurationError; once `max_in_flight` messages are in, no more come until
+  some settle, so the open batches go to the handler at once, as they do at shutdown (and on
+  a Kafka rebalance), without waiting for `max_wait`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Batch:
 
 
 _NO_KEY: Final = None
+_OK: Final[tuple[str, BaseException | None]] = ("ok", None)
 # The message a consume middleware chain is carrying to its batch, and the batch's key.
 _joining: contextvars.ContextVar[tuple[Incoming, Hashable]] = contextvars.ContextVar("joining")
 
@@ -250,8 +252,12 @@ class Batcher:
             elif error is None:
                 # Settled one after another in this loop iteration, so the transport's
                 # settle window acknowledges them together.
-                outcome = await consumer._conclude(item.incoming)
-                _observe(observed[index], outcome)
+                incoming = item.incoming
+                if not incoming.wants_reply and incoming.settle_now():
+                    consumer._handled(incoming)  # (no await: the batch's hot path)
+                    _observe(observed[index], _OK)
+                else:
+                    _observe(observed[index], await consumer._conclude(incoming))
             else:
                 failing.append(
                     (index, consumer._conclude(item.incoming, _failure(item.incoming.meta, error)))

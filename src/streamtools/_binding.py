@@ -15,7 +15,7 @@ an attempt that is not a positive integer counts as 1.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from streamtools._codec import JSON, SPECVERSION, Metadata, _now
@@ -40,6 +40,13 @@ _BOOKKEEPING_PREFIXES: Final = ("x-first-death-", "x-last-death-")
 
 def text(value: object) -> str | None:
     """A header value as text: str as is, bytes as UTF-8, numbers printed; else None."""
+    kind = type(value)  # the common cases first, by exact type (the receive path's)
+    if kind is bytes:
+        return value.decode("utf-8", "replace")  # type: ignore[attr-defined,no-any-return]
+    if kind is str:
+        return value  # type: ignore[return-value]
+    if value is None:
+        return None
     if isinstance(value, str):
         return value
     if isinstance(value, bytes | bytearray):
@@ -81,7 +88,16 @@ def attempt_of(value: object) -> int:
 class HeaderBinding:
     """CloudEvents binary-mode headers with one prefix (`ce-` or `ce_`)."""
 
-    __slots__ = ("content_type_header", "id", "owned", "source", "specversion", "time", "type")
+    __slots__ = (
+        "_slots",
+        "content_type_header",
+        "id",
+        "owned",
+        "source",
+        "specversion",
+        "time",
+        "type",
+    )
 
     def __init__(self, prefix: str = "ce-", *, content_type_header: str | None = None) -> None:
         self.id = f"{prefix}id"
@@ -95,6 +111,11 @@ class HeaderBinding:
             owned.append(content_type_header)
         self.owned: frozenset[str] = frozenset(owned)
         """Headers streamtools sets itself: a send option may not set them."""
+        # read_pairs' place for each owned header, in its unpacking order.
+        order = (self.id, self.type, self.source, self.time, self.specversion, ATTEMPT_HEADER)
+        self._slots = {key: index for index, key in enumerate(order)}
+        if content_type_header is not None:
+            self._slots[content_type_header] = len(order)
 
     def constant(self, type_name: str, source: str, ct: str = JSON) -> dict[str, str]:
         """The headers every message of one producer shares (built once per producer)."""
@@ -159,6 +180,38 @@ class HeaderBinding:
             content_type=ct,
             specversion=text(get(self.specversion)) or SPECVERSION,
             attempt=attempt_of(get(ATTEMPT_HEADER)),
+            headers=found,
+        )
+
+    def read_pairs(
+        self,
+        pairs: Iterable[tuple[str, object]],
+        *,
+        default_type: str,
+        id: Callable[[], str],
+        time: Callable[[], str | None],
+    ) -> Metadata:
+        """`read` for headers as (key, value) pairs (Kafka's), in one pass over them: the
+        same Metadata `read(dict(pairs), ...)` gives; the protocol's fallbacks `id()` and
+        `time()` (a record's position and timestamp) are called only when a header lacks."""
+        slots = self._slots
+        values: list[object] = [None] * 7  # (a binding without content-type has 6)
+        found: dict[str, str] = {}
+        for key, value in pairs:
+            slot = slots.get(key)
+            if slot is not None:
+                values[slot] = value
+            elif (value_text := text(value)) is not None:
+                found[key] = value_text
+        found_id, found_type, found_source, found_time, found_spec, attempt, found_ct = values
+        return Metadata(
+            id=text(found_id) or id(),
+            type=text(found_type) or default_type,
+            source=text(found_source) or UNKNOWN_SOURCE,
+            time=text(found_time) or time() or _now(),
+            content_type=content_type(text(found_ct)) if found_ct is not None else JSON,
+            specversion=text(found_spec) or SPECVERSION,
+            attempt=attempt_of(attempt),
             headers=found,
         )
 

@@ -131,6 +131,11 @@ class Incoming(abc.ABC):
     async def settle(self) -> None:
         """The message is done: acknowledge it."""
 
+    def settle_now(self) -> bool:
+        """Settle at once if the transport can without waiting (a mark in its settle
+        window) and return True; False (the default) when `settle` must be awaited."""
+        return False
+
     @abc.abstractmethod
     async def requeue(self) -> None:
         """Give the message back to its queue unchanged, for another delivery."""
@@ -218,6 +223,9 @@ class QueuedConsumer(Consumer[T]):
             except DecodeError as exc:
                 return self._spawn(self._conclude(incoming, exc))
             self._batcher.add(incoming, batch_key)
+            if self._inflight >= self.max_in_flight:
+                # No more messages come until some settle: the open batches cannot grow.
+                self._batcher.flush_all()
             return None
         route = self.routes[0]
         if after is None or after.done():
@@ -291,6 +299,12 @@ class QueuedConsumer(Consumer[T]):
                 f"the message is {size} bytes, over max_message_size "
                 f"({self.max_message_size}); it was not decoded"
             )
+
+    def _handled(self, incoming: Incoming) -> None:
+        """`_conclude` of a handled delivery its transport settled at once (`settle_now`)."""
+        if self._internal_failures:
+            self._internal_failures.pop(incoming.meta.id, None)
+        self._delivery_done()
 
     async def _conclude(
         self,

@@ -177,6 +177,9 @@ class _MemoryIncoming(Incoming):
     async def settle(self) -> None:
         pass  # taken off the queue when received: nothing left to do
 
+    def settle_now(self) -> bool:
+        return True
+
     async def requeue(self) -> None:
         self.broker._put_later(self.queue, self.delivery, 0)
 

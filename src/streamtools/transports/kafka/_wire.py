@@ -53,13 +53,12 @@ class HeaderEncoder:
 
 def record_metadata(topic: str, partition: int, record: Any, default_type: str) -> Metadata:
     """The metadata of a consumed record (a foreign record's too: ids from its position)."""
-    headers = dict(record.headers or ())
-    return BINDING.read(
-        headers,
+    return BINDING.read_pairs(
+        record.headers or (),
         default_type=default_type,
-        id=f"{topic}-{partition}-{record.offset}",
+        id=lambda: f"{topic}-{partition}-{record.offset}",
         # The record's own time only for a foreign record without ce_time.
-        time=None if BINDING.time in headers else record_time(record.timestamp),
+        time=lambda: record_time(record.timestamp),
     )
 
 

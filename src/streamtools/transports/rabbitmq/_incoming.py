@@ -99,6 +99,10 @@ class _Incoming(Incoming):
     async def settle(self) -> None:
         self.window.settled(self.tag)  # acknowledged in a batch, see SettleWindow
 
+    def settle_now(self) -> bool:
+        self.window.settled(self.tag)
+        return True
+
     async def requeue(self) -> None:
         with contextlib.suppress(Exception):  # a closed channel requeues it anyway
             await self.channel.basic_nack(self.tag, requeue=True)
