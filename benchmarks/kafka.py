@@ -17,9 +17,9 @@ Every run of every contender joins a fresh consumer group (one member, so it get
 partitions) and reads the topic from the start, at equal guarantees: at-least-once (no
 auto-commit; a record's offset is committed only after it was handled), every record decoded
 into the `OrderCreated` Struct with msgspec, at most PREFETCH (128) records per poll where
-the client has the setting. Committed offsets are checked after each run (untimed): the
-group must have committed every record (streamtools short of it fails the case; a
-contender, a warning).
+the client has the setting, the same `fetch_max_wait_ms` (below). Committed offsets are
+checked after each run (untimed): the group must have committed every record (streamtools
+short of it fails the case; a contender, a warning).
 
 The clock, for every contender alike, runs from the moment the group assigns the partitions
 to the consumer (the rebalance listener's `on_partitions_assigned`: the raw consumers and
@@ -31,15 +31,12 @@ decoding, the handler calls and the commits made meanwhile, but not the group jo
 (seconds of rebalance rounds, the same for everyone) nor the commit that may follow the last
 record (each contender makes it untimed before the check).
 
-On Tansu a refetch (a partition's buffered records used up) sometimes waits out the whole
-`fetch_max_wait_ms` (aiokafka's default 500 ms, which streamtools keeps too, and so does every
-contender here) before it returns records that are there. The per-record loop committing
-every 100 hit it on every run measured while writing this (two ~0.5 s stalls at 20,000
-records, ~0.1 s each with the wait at 100 ms; without the commits, or with `getmany`, the
-same refetches took milliseconds), so its rate swings between runs and stays well below
-what the loop does on its own. It comes from the broker and the client settings that every
-contender shares, so it stays in (the benchmark does not add it); but when the raw loop
-stalls and streamtools does not, the per-record ratio flatters streamtools: read its min-max.
+Every consumer fetches with the `fetch_max_wait_ms` streamtools' consumer sets (50 ms;
+aiokafka's default is 500), a client setting any aiokafka user can choose. aiokafka sends one
+fetch per broker for all its partitions and none while one is out, so a partition read to the
+end of its log makes the broker hold the fetch, and the others' next records, for that long:
+with 500 ms the raw per-record loop committing every 100 stalled ~0.5 s twice per 20,000
+records on Tansu (measured), which measured the setting, not the libraries.
 
 - "kafka consume per record": streamtools' `@consumer()` handler of one `OrderCreated`
   (`Limits(max_in_flight=128)`: up to 128 handlers at once, in order per key; the settle
@@ -88,6 +85,7 @@ from examples.contracts import OrderCreated
 from streamtools import Batch, Limits
 from streamtools._codec import default_source, new_metadata
 from streamtools.transports.kafka import KafkaConsumer, KafkaProducer
+from streamtools.transports.kafka import _consumer as _st_consumer
 from streamtools.transports.kafka._client import NO_IDEMPOTENCE
 from streamtools.transports.kafka._wire import record_headers
 from tests.support.kafka_broker import TansuBroker, provided_bootstrap_servers
@@ -248,6 +246,9 @@ def produce_cases(count: int) -> list[Case]:
 
 PARTITIONS = 3  # the consume topic's partitions (streamtools' default for the topics it makes)
 RAW_COMMIT_EVERY = 100  # records between the raw per-record loop's commits
+# The longest the broker may hold a fetch that finds nothing new: every consumer here gets the
+# value streamtools' consumer sets (aiokafka's own default, 500 ms, if it sets none).
+FETCH_MAX_WAIT_MS: int = getattr(_st_consumer, "_FETCH_MAX_WAIT_MS", 500)
 
 
 class _Clock:
@@ -465,6 +466,7 @@ def consume_cases(count: int) -> list[Case]:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=PREFETCH,
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             )
             await consumer.start()
             consumer.subscribe([topic.name], listener=_Assigned(clock))
@@ -504,6 +506,7 @@ def consume_cases(count: int) -> list[Case]:
                     group_id=group,
                     auto_offset_reset="earliest",
                     max_poll_records=PREFETCH,
+                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                     ack_policy=AckPolicy.ACK,
                     listener=listener,
                 )
@@ -517,6 +520,7 @@ def consume_cases(count: int) -> list[Case]:
                     group_id=group,
                     auto_offset_reset="earliest",
                     max_poll_records=PREFETCH,
+                    fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                     ack_policy=AckPolicy.ACK,
                     listener=listener,
                 )
