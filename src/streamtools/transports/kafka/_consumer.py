@@ -218,6 +218,9 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         )
         owner = type(self).__name__
         self.session_timeout = seconds(owner, "session_timeout", session_timeout, positive=True)
+        # A commit waits at most this long: within the group's rebalance timeout (the session
+        # timeout), so a member committing on revoke is never dropped for it.
+        self._commit_timeout = min(self.connect_timeout, self.session_timeout / 2)
         self.group = group or os.environ.get("KAFKA_GROUP") or self.queue.name
         self._consumer: aiokafka.AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, _Partition] = {}
@@ -280,7 +283,11 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
 
             async def commit(offset: int, multiple: bool, tp: TopicPartition = tp) -> None:
                 assert consumer is not None
-                await consumer.commit({tp: offset + 1})  # the next offset to read
+                # Bounded: aiokafka retries a retriable commit error without end, and a
+                # commit that hangs would hold the window's flush (and a rebalance, below)
+                # with it. One that times out is sent again with the next (see SettleWindow).
+                async with asyncio.timeout(self._commit_timeout):
+                    await consumer.commit({tp: offset + 1})  # the next offset to read
 
             # A commit is a round trip to the group coordinator: one per `max_in_flight`
             # settled records of the partition, or `_COMMIT_LINGER` after the first of them.
@@ -298,6 +305,9 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         if running:
             await asyncio.wait(running, timeout=self.shutdown_timeout)
         for tp, partition in gone:
+            # Each commit is bounded (`commit` above): the group waits for this callback, so
+            # a commit that hung would stall the whole group's rebalance until the broker
+            # dropped this member. Not committed, the records are delivered again.
             with contextlib.suppress(Exception):
                 await partition.window.close()
             del self._partitions[tp]
