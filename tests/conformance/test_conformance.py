@@ -85,12 +85,25 @@ class Collector:
 
 
 def _assigned(consumer: Consumer[Any]) -> str:
-    # Kafka: the partitions the group gave this member (a private attribute, read only here).
+    # Kafka: the partitions the group gave this member, the last offset it took of each, what
+    # its window holds, and aiokafka's fetch position and the log end it last saw (private
+    # attributes, read only here): a stalled fetch and a skipped record read differently.
     partitions = getattr(consumer, "_partitions", None)
+    client = getattr(consumer, "_consumer", None)
     if not isinstance(partitions, dict):
         return ""
+
+    def fetch(tp: Any) -> str:
+        if client is None:
+            return ""
+        try:
+            position = client._subscription.subscription.assignment.state_value(tp).position
+            return f", position {position}, log end {client.highwater(tp)}"
+        except Exception as exc:  # a diagnostic: never the reason a test fails
+            return f", position unknown ({type(exc).__name__})"
+
     return " partitions " + ", ".join(
-        f"{tp.partition}(last {p.last}, open {p.window.outstanding})"
+        f"{tp.partition}(last {p.last}, open {p.window.outstanding}{fetch(tp)})"
         for tp, p in sorted(partitions.items(), key=lambda item: item[0].partition)
     )
 
