@@ -273,7 +273,23 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         assert self._consumer is not None
         self._consumer.subscribe([self.queue.name], listener=_Rebalance(self))
         self._loop_task = asyncio.get_running_loop().create_task(self._consume())
+        self._loop_task.add_done_callback(self._loop_ended)
         logger.debug("consuming", extra={"queue": self.queue.name, "group": self.group})
+
+    @property
+    def _where(self) -> dict[str, object]:
+        return {"queue": self.queue.name, "group": self.group}
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Said loudly: from here this member takes nothing, and health() says so.
+            logger.error("consuming stopped", exc_info=task.exception(), extra=self._where)
+
+    @property
+    def serving(self) -> bool:
+        """Started, not closed, and still taking records (its fetch loop is alive)."""
+        task = self._loop_task
+        return super().serving and (task is None or not task.done())
 
     def _assign(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer
@@ -325,6 +341,12 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
                 )
             except aiokafka.errors.KafkaError as exc:
                 logger.warning("fetch failed, retrying: %s", exc, extra={"queue": self.queue.name})
+                await asyncio.sleep(0.5)
+                continue
+            except Exception:
+                # Anything else (a client bug, a rebalance edge) must not end this loop: the
+                # consumer would look healthy while its partitions stood still.
+                logger.exception("fetch failed unexpectedly, retrying", extra=self._where)
                 await asyncio.sleep(0.5)
                 continue
             if batcher is not None:
