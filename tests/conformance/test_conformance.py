@@ -8,6 +8,7 @@ isolated, and closing is safe. Tests that need a capability skip on transports w
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -193,7 +194,12 @@ async def test_publish_then_subscribe_delivers_all_intact(harness: Harness) -> N
     assert sorted(m.seq for m, _ in got.messages) == list(range(50))
 
 
-async def test_many_producers_and_consumers_lose_nothing(harness: Harness) -> None:
+async def test_many_producers_and_consumers_lose_nothing(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Kafka says at INFO which fetched records a rebalance left for a refetch: a failure
+    # shows them beside the members' state.
+    caplog.set_level(logging.INFO, "streamtools.kafka")
     queue = new_queue()
     got = Collector()
     # Competing consumers on a queued transport; HTTP serves one queue from one route.

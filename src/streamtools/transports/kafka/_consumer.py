@@ -363,6 +363,7 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
             # as its own and then skipped its refetch from the committed offset as seen.)
             owners = [(tp, self._partitions.get(tp), records) for tp, records in batches.items()]
             for tp, partition, records in owners:
+                dropped: list[int] = []
                 for record in records:
                     await slots.acquire()
                     if (
@@ -371,8 +372,31 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
                         or record.offset <= partition.last
                     ):
                         slots.release()
+                        dropped.append(record.offset)
                         continue
                     self._take(tp, partition, record)
+                if dropped:
+                    self._dropped(tp, partition, dropped)
+
+    def _dropped(
+        self, tp: TopicPartition, partition: _Partition | None, offsets: list[int]
+    ) -> None:
+        """Say which fetched records were left for a refetch, and why (a rebalance's trace)."""
+        if partition is None:
+            why = "the partition was not assigned to this member when they were fetched"
+        elif self._partitions.get(tp) is not partition:
+            why = "a rebalance took the partition meanwhile"
+        else:
+            why = f"taken before (the last offset taken is {partition.last})"
+        logger.info(
+            "%d fetched records of partition %d (offsets %d-%d) not taken: %s",
+            len(offsets),
+            tp.partition,
+            offsets[0],
+            offsets[-1],
+            why,
+            extra=self._where,
+        )
 
     def _take(self, tp: TopicPartition, partition: _Partition, record: Any) -> None:
         meta = record_metadata(tp.topic, tp.partition, record, self._default_type)
