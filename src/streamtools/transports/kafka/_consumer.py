@@ -116,8 +116,7 @@ class _Incoming(Incoming):
         )
 
     async def settle(self) -> None:
-        if self._owned():
-            self.partition.window.settled(self.offset)
+        self.settle_now()
 
     def settle_now(self) -> bool:
         if self._owned():

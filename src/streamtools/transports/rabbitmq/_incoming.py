@@ -97,10 +97,10 @@ class _Incoming(Incoming):
             await publish()
 
     async def settle(self) -> None:
-        self.window.settled(self.tag)  # acknowledged in a batch, see SettleWindow
+        self.settle_now()
 
     def settle_now(self) -> bool:
-        self.window.settled(self.tag)
+        self.window.settled(self.tag)  # acknowledged in a batch, see SettleWindow
         return True
 
     async def requeue(self) -> None:
