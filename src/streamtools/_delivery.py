@@ -196,6 +196,7 @@ class QueuedConsumer(Consumer[T]):
         self.dead_letter_queue = dead_letter_queue(name)
         self.is_dead_letter_queue = self.dead_letter_queue == name
         self._batcher: Batcher | None = None
+        self._key_tails: dict[Hashable, asyncio.Task[None]] = {}  # the last task of a key
 
     @property
     def retry_stages(self) -> int:
@@ -206,15 +207,17 @@ class QueuedConsumer(Consumer[T]):
         self,
         incoming: Incoming,
         *,
-        after: asyncio.Task[None] | None = None,
+        order_key: Hashable = None,
+        running: set[asyncio.Task[None]] | None = None,
         batch_key: Hashable = None,
     ) -> asyncio.Task[None] | None:
         """Take one received message: handled in a task of its own, tracked for shutdown.
 
         Our own task, not the client library's: a lost connection must not cancel a running
-        handler. With `after`, the handler runs once that delivery is done (Kafka: in order
-        within a key). Returns the delivery's task; None on a batch route, where the
-        message joins the open batch of `batch_key` (Kafka: its partition).
+        handler. Messages with the same `order_key` are handled one after the other, in the
+        order accepted (Kafka: a record key); `running`, a set the delivery's task is kept in
+        while it runs (Kafka: its partition's, to wait for on a revoke). Returns the task;
+        None on a batch route, where the message joins the open batch of `batch_key`.
         """
         self._delivery_started()
         if self._batcher is not None:
@@ -227,10 +230,44 @@ class QueuedConsumer(Consumer[T]):
                 # No more messages come until some settle: the open batches cannot grow.
                 self._batcher.flush_all()
             return None
-        route = self.routes[0]
-        if after is None or after.done():
-            return self._spawn(self._deliver(route, incoming))
-        return self._spawn(self._deliver_after(after, route, incoming))
+        after = None if order_key is None else self._key_tails.get(order_key)
+        # No done callbacks: each costs a loop turn per message (about 0.9 us measured);
+        # `_delivery` leaves these sets itself.
+        task = asyncio.get_running_loop().create_task(
+            self._delivery(self.routes[0], incoming, after, order_key, running)
+        )
+        self._tasks.add(task)
+        if running is not None:
+            running.add(task)
+        if order_key is not None:
+            self._key_tails[order_key] = task
+        return task
+
+    async def _delivery(
+        self,
+        route: Route[T],
+        incoming: Incoming,
+        after: asyncio.Task[None] | None,
+        order_key: Hashable,
+        running: set[asyncio.Task[None]] | None,
+    ) -> None:
+        """One accepted message's task (see `_accept`): after the previous of its key."""
+        try:
+            if after is not None and not after.done():
+                try:
+                    await asyncio.wait([after])
+                except asyncio.CancelledError:
+                    incoming.abandon()
+                    self._delivery_done()
+                    raise
+            await self._deliver(route, incoming)
+        finally:
+            task = asyncio.current_task()
+            self._tasks.discard(task)
+            if running is not None:
+                running.discard(task)
+            if order_key is not None and self._key_tails.get(order_key) is task:
+                del self._key_tails[order_key]
 
     def _add_route(self, route: Route[T]) -> None:
         batch = route.options.get("batch")
@@ -252,17 +289,6 @@ class QueuedConsumer(Consumer[T]):
     def _flush_waiting(self) -> None:
         if self._batcher is not None:
             self._batcher.flush_all()
-
-    async def _deliver_after(
-        self, after: asyncio.Task[None], route: Route[T], incoming: Incoming
-    ) -> None:
-        try:
-            await asyncio.wait([after])
-        except asyncio.CancelledError:
-            incoming.abandon()
-            self._delivery_done()
-            raise
-        await self._deliver(route, incoming)
 
     async def _deliver(self, route: Route[T], incoming: Incoming) -> None:
         meta = incoming.meta
@@ -290,6 +316,13 @@ class QueuedConsumer(Consumer[T]):
             raise
         except Exception as exc:
             return await self._conclude(incoming, internal=exc)
+        try:
+            settled = not incoming.wants_reply and incoming.settle_now()
+        except Exception as exc:
+            return await self._conclude(incoming, internal=exc)
+        if settled:  # the common case, without `_conclude`'s coroutine
+            self._handled(incoming)
+            return "ok", None
         return await self._conclude(incoming, reply=reply)
 
     def _check_size(self, incoming: Incoming) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import ssl as _ssl
@@ -223,8 +222,10 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         self.group = group or os.environ.get("KAFKA_GROUP") or self.queue.name
         self._consumer: aiokafka.AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, _Partition] = {}
-        self._key_tails: dict[bytes, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(self.max_in_flight)
+        # Free handler slots (of max_in_flight): a counter, not a Semaphore, so the fetch
+        # loop pays no coroutine per record while slots are free; `_freed` wakes it when not.
+        self._free = self.max_in_flight
+        self._freed: asyncio.Future[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._default_type = type_name(self.queue.message_type)
 
@@ -330,7 +331,6 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
     async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        slots = self._slots
         batcher = self._batcher
         gathering = False  # batches may be open: look whether more records wait, first
         while True:
@@ -364,18 +364,28 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
             for tp, partition, records in owners:
                 dropped: list[int] = []
                 for record in records:
-                    await slots.acquire()
+                    if self._free <= 0:
+                        await self._slot_freed()
                     if (
                         partition is None
                         or self._partitions.get(tp) is not partition
                         or record.offset <= partition.last
                     ):
-                        slots.release()
                         dropped.append(record.offset)
                         continue
+                    self._free -= 1
                     self._take(tp, partition, record)
                 if dropped:
                     self._dropped(tp, partition, dropped)
+
+    async def _slot_freed(self) -> None:
+        """Wait until a delivery ends and frees a handler slot."""
+        while self._free <= 0:
+            self._freed = asyncio.get_running_loop().create_future()
+            try:
+                await self._freed
+            finally:
+                self._freed = None
 
     def _dropped(
         self, tp: TopicPartition, partition: _Partition | None, offsets: list[int]
@@ -405,22 +415,14 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         incoming = _Incoming(self, tp, partition, record.offset, key, record.value or b"", meta)
         if self._batcher is not None:  # batches per partition, in order (see _revoke)
             self._accept(incoming, batch_key=tp)
-            return
-        after = self._key_tails.get(key) if key is not None else None
-        task = self._accept(incoming, after=after)
-        assert task is not None
-        partition.running.add(task)
-        task.add_done_callback(partition.running.discard)
-        if key is not None:
-            self._key_tails[key] = task
-            task.add_done_callback(functools.partial(self._forget_tail, key))
-
-    def _forget_tail(self, key: bytes, task: asyncio.Task[None]) -> None:
-        if self._key_tails.get(key) is task:
-            del self._key_tails[key]
+        else:  # in order per key; waited for if the partition is revoked
+            self._accept(incoming, order_key=key, running=partition.running)
 
     def _delivery_done(self) -> None:
-        self._slots.release()
+        self._free += 1
+        freed = self._freed
+        if freed is not None and not freed.done():
+            freed.set_result(None)
         super()._delivery_done()
 
     async def _stop_intake(self) -> None:
