@@ -195,23 +195,31 @@ class HeaderBinding:
         same Metadata `read(dict(pairs), ...)` gives; the protocol's fallbacks `id()` and
         `time()` (a record's position and timestamp) are called only when a header lacks."""
         slots = self._slots
-        values: list[object] = [None] * 7  # (a binding without content-type has 6)
+        values: list[str | None] = [None] * 7  # (a binding without content-type has 6)
         found: dict[str, str] = {}
         for key, value in pairs:
+            # Text at once; Kafka's values are bytes, nearly always valid UTF-8.
+            if type(value) is bytes:
+                try:
+                    value_text: str | None = value.decode()
+                except UnicodeDecodeError:
+                    value_text = value.decode("utf-8", "replace")
+            else:
+                value_text = text(value)
             slot = slots.get(key)
             if slot is not None:
-                values[slot] = value
-            elif (value_text := text(value)) is not None:
+                values[slot] = value_text
+            elif value_text is not None:
                 found[key] = value_text
         found_id, found_type, found_source, found_time, found_spec, attempt, found_ct = values
         return Metadata(
-            id=text(found_id) or id(),
-            type=text(found_type) or default_type,
-            source=text(found_source) or UNKNOWN_SOURCE,
-            time=text(found_time) or time() or _now(),
-            content_type=content_type(text(found_ct)) if found_ct is not None else JSON,
-            specversion=text(found_spec) or SPECVERSION,
-            attempt=attempt_of(attempt),
+            id=found_id or id(),
+            type=found_type or default_type,
+            source=found_source or UNKNOWN_SOURCE,
+            time=found_time or time() or _now(),
+            content_type=JSON if found_ct is None else content_type(found_ct),
+            specversion=found_spec or SPECVERSION,
+            attempt=1 if attempt is None else attempt_of(attempt),
             headers=found,
         )
 
