@@ -57,13 +57,13 @@ async def test_a_cancellation_from_elsewhere_still_propagates() -> None:
 
 async def test_finished_waits_do_not_accumulate() -> None:
     deadlines = Deadlines()
-    blocker = asyncio.create_task(bounded(deadlines, 30, 30))  # holds the front of the heap
+    blocker = asyncio.create_task(bounded(deadlines, 30, 30))  # holds the front of its queue
     await asyncio.sleep(0)
     for _ in range(20):
         await asyncio.gather(*(bounded(deadlines, 30, 0) for _ in range(100)))
-    assert len(deadlines._heap) <= 4 * 1 + 100
+    assert sum(len(queue.waits) for queue in deadlines._queues.values()) <= 4 * 1 + 100
     blocker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await blocker
-    assert deadlines._heap == []
+    assert all(not queue.waits for queue in deadlines._queues.values())
     deadlines.close()

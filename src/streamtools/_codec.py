@@ -43,7 +43,7 @@ _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
 
-class Metadata(msgspec.Struct, frozen=True, kw_only=True):
+class Metadata(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What travels beside every message (CloudEvents attributes, binary content mode).
 
     `id` is unique per message and kept across retries, so receivers can drop duplicates.

@@ -137,34 +137,16 @@ class Client:
         if js is None:
             raise PublishError(f"{what}: not sent, the {self.role} is closed")
 
-        def again(exc: BaseException) -> None:
-            if is_auth(self.last_error):
-                raise PublishError(
-                    f"{what}: {self.settings.where} refused the login; {self.settings.login_hint}"
-                ) from exc
-            logger.info(
-                "publish not acknowledged (%s), publishing again",
-                type(exc).__name__,
-                extra={"queue": subject},
-            )
-
-        def expired() -> PublishError:
-            return PublishError(
-                f"{what}: not acknowledged by {self.settings.where} within {timeout} s; it "
-                "may or may not have been stored (sent again with the same id it is stored once "
-                "within the stream's duplicate window)"
-            )
-
         try:
             await again_until_accepted(
                 self._deadlines,
                 timeout,
-                lambda: js.publish(
-                    subject, body, timeout=min(timeout, _ATTEMPT_TIMEOUT), headers=headers
-                ),
+                self._publish_once,
+                (js, subject, body, min(timeout, _ATTEMPT_TIMEOUT), headers),
                 RETRIABLE,
-                again,
-                expired,
+                self._again,
+                self._expired,
+                what,
             )
         except nats.js.errors.APIError as exc:
             raise PublishError(
@@ -172,6 +154,30 @@ class Client:
             ) from exc
         except nats.errors.Error as exc:
             raise PublishError(f"{what}: {self.settings.where} failed: {exc}") from exc
+
+    @staticmethod
+    async def _publish_once(
+        js: JetStreamContext, subject: str, body: bytes, timeout: float, headers: dict[str, str]
+    ) -> None:
+        await js.publish(subject, body, timeout=timeout, headers=headers)
+
+    def _again(self, exc: BaseException, what: str) -> None:
+        if is_auth(self.last_error):
+            raise PublishError(
+                f"{what}: {self.settings.where} refused the login; {self.settings.login_hint}"
+            ) from exc
+        logger.info(
+            "publish not acknowledged (%s), publishing again",
+            type(exc).__name__,
+            extra={"role": self.role, "what": what},
+        )
+
+    def _expired(self, what: str, timeout: float) -> PublishError:
+        return PublishError(
+            f"{what}: not acknowledged by {self.settings.where} within {timeout} s; it "
+            "may or may not have been stored (sent again with the same id it is stored once "
+            "within the stream's duplicate window)"
+        )
 
     def require(self) -> tuple[NATS, JetStreamContext]:
         if self.nc is None or self.js is None:
