@@ -8,6 +8,7 @@ import pytest
 
 from streamtools._binding import ATTEMPT_HEADER, CE, HeaderBinding, attempt_of, carried
 from streamtools._codec import MSGPACK, Metadata, new_metadata
+from streamtools.transports.kafka._wire import record_metadata
 
 
 @pytest.mark.parametrize(
@@ -121,9 +122,13 @@ def test_read_pairs_reads_what_read_reads(pairs: list[tuple[str, object]]) -> No
     headers (with the same fallbacks)."""
     binding = HeaderBinding("ce_", content_type_header="content-type")
     by_map = binding.read(
-        dict(pairs), default_type="Fallback", id="t-0-7", time="2020-01-01T00:00:00Z"
+        dict(pairs), default_type="Fallback", id="t-0-7", time="2020-01-01T00:00:00.000000Z"
     )
-    by_pairs = binding.read_pairs(
-        pairs, default_type="Fallback", id=lambda: "t-0-7", time=lambda: "2020-01-01T00:00:00Z"
-    )
+
+    class Record:  # what the Kafka consumer reads of an aiokafka ConsumerRecord
+        headers = tuple(pairs)
+        offset = 7
+        timestamp = 1_577_836_800_000  # 2020-01-01T00:00:00Z
+
+    by_pairs = record_metadata("t", 0, Record(), "Fallback")
     assert by_pairs == by_map

@@ -391,6 +391,7 @@ class Consumer(_Endpoint, Generic[T]):
         self._started = False
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._json: Codec[T] = codec_for(self.queue.message_type)  # most bodies' codec
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.queue.name!r})"
@@ -523,7 +524,7 @@ class Consumer(_Endpoint, Generic[T]):
     def _decode(self, body: bytes, meta: Metadata) -> T:
         """`body` as a T, read in its content type; DecodeError / ValidationError if not."""
         if meta.content_type == JSON:
-            codec = codec_for(self.queue.message_type)
+            return self._json.decode(body)
         else:
             try:
                 codec = codec_for(self.queue.message_type, meta.content_type)

@@ -15,7 +15,7 @@ an attempt that is not a positive integer counts as 1.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from streamtools._codec import JSON, SPECVERSION, Metadata, _now
@@ -183,17 +183,11 @@ class HeaderBinding:
             headers=found,
         )
 
-    def read_pairs(
-        self,
-        pairs: Iterable[tuple[str, object]],
-        *,
-        default_type: str,
-        id: Callable[[], str],
-        time: Callable[[], str | None],
-    ) -> Metadata:
+    def read_pairs(self, pairs: Iterable[tuple[str, object]], *, default_type: str) -> Metadata:
         """`read` for headers as (key, value) pairs (Kafka's), in one pass over them: the
-        same Metadata `read(dict(pairs), ...)` gives; the protocol's fallbacks `id()` and
-        `time()` (a record's position and timestamp) are called only when a header lacks."""
+        same Metadata `read(dict(pairs), ...)` gives, but `id` and `time` are "" where the
+        headers lack them: the caller fills them from the record (its position, timestamp).
+        """
         slots = self._slots
         values: list[str | None] = [None] * 7  # (a binding without content-type has 6)
         found: dict[str, str] = {}
@@ -213,10 +207,10 @@ class HeaderBinding:
                 found[key] = value_text
         found_id, found_type, found_source, found_time, found_spec, attempt, found_ct = values
         return Metadata(
-            id=found_id or id(),
+            id=found_id or "",
             type=found_type or default_type,
             source=found_source or UNKNOWN_SOURCE,
-            time=found_time or time() or _now(),
+            time=found_time or "",
             content_type=JSON if found_ct is None else content_type(found_ct),
             specversion=found_spec or SPECVERSION,
             attempt=1 if attempt is None else attempt_of(attempt),

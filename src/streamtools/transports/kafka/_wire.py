@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
+
 from streamtools._binding import HeaderBinding
-from streamtools._codec import Metadata
+from streamtools._codec import Metadata, _now
 
 BINDING: Final = HeaderBinding("ce_", content_type_header="content-type")
 """The CloudEvents Kafka binding: `ce_` attributes and a `content-type` header."""
@@ -53,12 +55,14 @@ class HeaderEncoder:
 
 def record_metadata(topic: str, partition: int, record: Any, default_type: str) -> Metadata:
     """The metadata of a consumed record (a foreign record's too: ids from its position)."""
-    return BINDING.read_pairs(
-        record.headers or (),
-        default_type=default_type,
-        id=lambda: f"{topic}-{partition}-{record.offset}",
-        # The record's own time only for a foreign record without ce_time.
-        time=lambda: record_time(record.timestamp),
+    meta = BINDING.read_pairs(record.headers or (), default_type=default_type)
+    if meta.id and meta.time:
+        return meta
+    # A foreign record: an id from its position, its own time (else the arrival time).
+    return msgspec.structs.replace(
+        meta,
+        id=meta.id or f"{topic}-{partition}-{record.offset}",
+        time=meta.time or record_time(record.timestamp) or _now(),
     )
 
 
