@@ -35,9 +35,10 @@ import abc
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import random
-from collections.abc import Coroutine, Hashable, Mapping, Sequence
+from collections.abc import Coroutine, Generator, Hashable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -63,6 +64,7 @@ from streamtools.errors import (
 __all__ = [
     "DEAD_LETTER_SUFFIX",
     "DeliveryLost",
+    "InFlight",
     "Incoming",
     "QueuedConsumer",
     "backoff_delay",
@@ -154,6 +156,60 @@ class Incoming(abc.ABC):
         return
 
 
+class InFlight:
+    """A count of accepted messages not yet done (Kafka: one partition's), to wait for."""
+
+    __slots__ = ("_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Future[None] | None = None
+
+    def done(self) -> None:
+        self.count -= 1
+        idle = self._idle
+        if not self.count and idle is not None and not idle.done():
+            idle.set_result(None)
+
+    def idle(self) -> asyncio.Future[None]:
+        """A future done once the count is zero (at once if it is)."""
+        idle = self._idle
+        if idle is None or idle.done():
+            idle = self._idle = asyncio.get_running_loop().create_future()
+        if not self.count:
+            idle.set_result(None)
+        return idle
+
+
+class _Isolated:
+    """Await a coroutine in a copy of the current context, as a task of its own would run
+    it: a context variable its handler sets stays with its message. Every step runs in
+    that copy; what it waits on, and a cancellation, pass through."""
+
+    __slots__ = ("coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.coro = coro
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        run = contextvars.copy_context().run
+        coro = self.coro
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                waited = run(coro.send, value) if error is None else run(coro.throw, error)
+            except StopIteration:
+                return
+            try:
+                value, error = (yield waited), None
+            except BaseException as exc:  # a cancellation (or close): into the coroutine
+                value, error = None, exc
+
+
+_Queued = tuple[Incoming, Hashable, InFlight | None]
+
+
 class QueuedConsumer(Consumer[T]):
     """The base of queued transports (memory, RabbitMQ, Kafka): the policy above, once.
 
@@ -196,7 +252,11 @@ class QueuedConsumer(Consumer[T]):
         self.dead_letter_queue = dead_letter_queue(name)
         self.is_dead_letter_queue = self.dead_letter_queue == name
         self._batcher: Batcher | None = None
-        self._key_tails: dict[Hashable, asyncio.Task[None]] = {}  # the last task of a key
+        # Accepted messages no worker has taken yet (see _work), and per key with one queued
+        # or running, the messages of that key behind it.
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._key_queues: dict[Hashable, collections.deque[_Queued]] = {}
+        self._free_workers = 0
 
     @property
     def retry_stages(self) -> int:
@@ -208,66 +268,96 @@ class QueuedConsumer(Consumer[T]):
         incoming: Incoming,
         *,
         order_key: Hashable = None,
-        running: set[asyncio.Task[None]] | None = None,
+        group: InFlight | None = None,
         batch_key: Hashable = None,
-    ) -> asyncio.Task[None] | None:
-        """Take one received message: handled in a task of its own, tracked for shutdown.
+    ) -> None:
+        """Take one received message: handled by this consumer's workers, tracked for shutdown.
 
-        Our own task, not the client library's: a lost connection must not cancel a running
+        Our own tasks, not the client library's: a lost connection must not cancel a running
         handler. Messages with the same `order_key` are handled one after the other, in the
-        order accepted (Kafka: a record key); `running`, a set the delivery's task is kept in
-        while it runs (Kafka: its partition's, to wait for on a revoke). Returns the task;
-        None on a batch route, where the message joins the open batch of `batch_key`.
+        order accepted (Kafka: a record key); `group` counts the message until it is done
+        (Kafka: its partition's, waited for on a revoke). On a batch route the message joins
+        the open batch of `batch_key` instead.
         """
         self._delivery_started()
         if self._batcher is not None:
             try:
                 self._check_size(incoming)
             except DecodeError as exc:
-                return self._spawn(self._conclude(incoming, exc))
+                self._spawn(self._conclude(incoming, exc))
+                return
             self._batcher.add(incoming, batch_key)
             if self._inflight >= self.max_in_flight:
                 # No more messages come until some settle: the open batches cannot grow.
                 self._batcher.flush_all()
-            return None
-        after = None if order_key is None else self._key_tails.get(order_key)
-        # No done callbacks: each costs a loop turn per message (about 0.9 us measured);
-        # `_delivery` leaves these sets itself.
-        task = asyncio.get_running_loop().create_task(
-            self._delivery(self.routes[0], incoming, after, order_key, running)
-        )
-        self._tasks.add(task)
-        if running is not None:
-            running.add(task)
+            return
+        if group is not None:
+            group.count += 1
+        item = (incoming, order_key, group)
         if order_key is not None:
-            self._key_tails[order_key] = task
-        return task
+            behind = self._key_queues.get(order_key)
+            if behind is not None:  # one of its key is queued or running: after it
+                behind.append(item)
+                return
+            self._key_queues[order_key] = collections.deque()
+        self._queue.append(item)
+        if not self._free_workers:
+            self._add_worker()
 
-    async def _delivery(
-        self,
-        route: Route[T],
-        incoming: Incoming,
-        after: asyncio.Task[None] | None,
-        order_key: Hashable,
-        running: set[asyncio.Task[None]] | None,
-    ) -> None:
-        """One accepted message's task (see `_accept`): after the previous of its key."""
+    def _add_worker(self) -> None:
+        self._free_workers += 1
+        self._spawn(self._work())
+
+    async def _work(self) -> None:
+        """A worker: handles queued messages one after the other while there are any.
+
+        No task per message (a task, its loop turn and its bookkeeping cost more than a
+        short handler): a worker takes the next message as soon as it is done with one. When
+        a worker takes one and none other is free to take the rest, it adds a worker first,
+        so a handler that waits (I/O) holds up only its own message (and its key's next);
+        up to `max_in_flight` handlers run at once, as before. Each message runs in a copy
+        of the context, as a task of its own would (`_Isolated`).
+        """
+        queue, key_queues = self._queue, self._key_queues
+        route = self.routes[0]
+        busy = False
         try:
-            if after is not None and not after.done():
-                try:
-                    await asyncio.wait([after])
-                except asyncio.CancelledError:
-                    incoming.abandon()
-                    self._delivery_done()
-                    raise
-            await self._deliver(route, incoming)
+            while queue:
+                incoming, key, group = queue.popleft()
+                busy = True
+                self._free_workers -= 1
+                if queue and not self._free_workers:
+                    self._add_worker()
+                while True:
+                    try:
+                        await _Isolated(self._deliver(route, incoming))
+                    finally:
+                        if group is not None:
+                            group.done()
+                    if key is None:
+                        break
+                    behind = key_queues[key]
+                    if not behind:
+                        del key_queues[key]
+                        break
+                    incoming, key, group = behind.popleft()  # the key's next, here
+                busy = False
+                self._free_workers += 1
         finally:
-            task = asyncio.current_task()
-            self._tasks.discard(task)
-            if running is not None:
-                running.discard(task)
-            if order_key is not None and self._key_tails.get(order_key) is task:
-                del self._key_tails[order_key]
+            if not busy:
+                self._free_workers -= 1
+
+    async def _abort_inflight(self) -> None:
+        # Messages no worker has taken yet: left for redelivery at once.
+        waiting = [*self._queue, *(item for behind in self._key_queues.values() for item in behind)]
+        self._queue.clear()
+        self._key_queues.clear()
+        for incoming, _, group in waiting:
+            incoming.abandon()
+            if group is not None:
+                group.done()
+            self._delivery_done()
+        await super()._abort_inflight()
 
     def _add_route(self, route: Route[T]) -> None:
         batch = route.options.get("batch")

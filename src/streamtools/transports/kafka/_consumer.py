@@ -29,7 +29,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from streamtools._base import Capabilities
 from streamtools._codec import Metadata, type_name
-from streamtools._delivery import DeliveryLost, Incoming, QueuedConsumer
+from streamtools._delivery import DeliveryLost, InFlight, Incoming, QueuedConsumer
 from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, seconds
 from streamtools._types import Queue, T
@@ -59,7 +59,7 @@ class _Partition:
 
     def __init__(self, window: SettleWindow) -> None:
         self.window = window
-        self.running: set[asyncio.Task[None]] = set()
+        self.running = InFlight()  # its records accepted and not yet done
         self.last = -1  # the last offset received: the window takes increasing ones only
 
 
@@ -316,7 +316,7 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
         """Finish what runs on the revoked partitions, commit, and let them go."""
         gone = [(tp, self._partitions[tp]) for tp in revoked if tp in self._partitions]
-        running = {task for _, partition in gone for task in partition.running}
+        running: set[asyncio.Future[None]] = {partition.running.idle() for _, partition in gone}
         if self._batcher is not None:  # a partition's batches run in order: its last one
             running.update(filter(None, (self._batcher.flush(tp) for tp, _ in gone)))
         if running:
@@ -417,7 +417,7 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         if self._batcher is not None:  # batches per partition, in order (see _revoke)
             self._accept(incoming, batch_key=tp)
         else:  # in order per key; waited for if the partition is revoked
-            self._accept(incoming, order_key=key, running=partition.running)
+            self._accept(incoming, order_key=key, group=partition.running)
 
     def _delivery_done(self) -> None:
         self._free += 1
