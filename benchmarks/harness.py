@@ -11,7 +11,7 @@ Cases where lower is better (latency, memory growth) return (operations, amount)
 value is amount per operation; their ratio is contender / streamtools, so > 1 still means
 streamtools is better. A case without contenders reports its value against `limit`.
 
-A contender whose ratio is one of the targets of issue #14 names its `Target` (see
+A contender whose ratio is one of the targets of issues #14 and #24 names its `Target` (see
 `TARGETS`); the report ends with a Targets table, one row per target and a column per
 event loop, saying met / NOT met with the median ratio and its min-max.
 """
@@ -39,15 +39,22 @@ Hook = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Target:
-    """A target of issue #14: a ratio to reach (`goal`), or with `limit` a value to stay under."""
+    """A target of an issue (#14, #24): a ratio to reach (`goal`), or with `limit` a value to
+    stay under."""
 
     label: str  # the row of the Targets table
     goal: float  # the ratio (met when the median ratio >= goal), or the limit (value <= goal)
-    text: str  # the goal in words, e.g. ">= 1.3x" or "within 1.05x"
+    words: str  # the goal in words, e.g. ">= 1.3x" or "within 1.05x"
     limit: bool = False
+    issue: int = 14  # the issue that set it
+
+    @property
+    def text(self) -> str:
+        """The goal in words and the issue that set it: ">= 1.0x (#24)"."""
+        return f"{self.words} (#{self.issue})"
 
 
-# Issue #14's targets, in its order: ratios streamtools / raw in the same run.
+# The targets of issue #14, in its order, then #24's: ratios streamtools / raw in the same run.
 RMQ_CONSUME = Target("RabbitMQ consume+ack vs aio-pika acking each", 1.3, ">= 1.3x")
 RMQ_CONSUME_NO_ACK = Target(
     "RabbitMQ consume+ack vs the broker's no-ack delivery (moonshot)", 0.9, ">= 0.9x"
@@ -71,9 +78,9 @@ KAFKA_PRODUCE_CONCURRENT = Target(
 )
 KAFKA_PRODUCE_MANY = Target("Kafka produce acks=all, send_many(256) vs aiokafka", 1.0, ">= 1.0x")
 KAFKA_CONSUME_RECORD = Target(
-    "Kafka consume per record vs aiokafka per-record loop", 1.0, ">= 1.0x"
+    "Kafka consume per record vs aiokafka per-record loop", 1.0, ">= 1.0x", issue=24
 )
-KAFKA_CONSUME_BATCH = Target("Kafka batch consume vs aiokafka getmany", 1.0, ">= 1.0x")
+KAFKA_CONSUME_BATCH = Target("Kafka batch consume vs aiokafka getmany", 1.0, ">= 1.0x", issue=24)
 CODEC_ENCODE = Target("Codec encode + metadata vs msgspec + uuid4 + RFC 3339 time", 2.5, ">= 2.5x")
 CODEC_DECODE = Target("Codec decode + validate vs msgspec", 1 / 1.1, "within 1.1x")
 RSS = {
@@ -104,7 +111,7 @@ class Contender:
     name: str
     run: Workload
     goal: float | None = None  # this contender's target ratio, where it differs from the case's
-    target: Target | None = None  # the issue #14 target this ratio is (its goal wins)
+    target: Target | None = None  # the target this ratio is (its goal wins)
     rates: list[float] = field(default_factory=list)
 
     @property
@@ -122,7 +129,7 @@ class Case:
     lower_is_better: bool = False  # latency and memory cases
     goal: float | None = None  # the ratio contenders without a goal of their own must reach
     limit: float | None = None  # no contenders: met when the value is <= limit
-    target: Target | None = None  # no contenders: the issue #14 target (a limit) this case is
+    target: Target | None = None  # no contenders: the target (a limit) this case is
     rounds: int | None = None  # overrides the run's rounds (e.g. 1 for a long memory case)
     setup: Hook | None = None  # untimed, once before the rounds (connections, queues)
     teardown: Hook | None = None  # once after, also when a round failed (delete queues)
@@ -174,9 +181,9 @@ class Case:
                 return self.target.text
             return self.note if self.limit is None else f"<= {self.limit:g} {self.unit}"
         if other.target is not None:
-            return f"{other.target.text} (#14)"
+            return other.target.text
         goal = self.goal_of(other)
-        # Goals that are not issue #14's come from issue #6 (FastStream, pydantic).
+        # Goals that are not a Target's come from issue #6 (FastStream, pydantic).
         return self.note if goal is None else f">= {goal:g}x (#6)"
 
 
@@ -364,15 +371,13 @@ def _outcomes(cases: list[Case]) -> dict[Target, dict[str, _Outcome]]:
 
 
 def targets_table(cases: list[Case], loops: list[str], complete: bool) -> str:
-    """The Targets table: one row per target of issue #14, a column per loop.
+    """The Targets table: one row per target (issues #14 and #24), a column per loop.
 
     With `complete` (an unfiltered run) a target that no case measured shows as not run.
     """
     outcomes = _outcomes(cases)
     loops = loops or [""]
-    header = (
-        "| target (issue #14) | goal | " + " | ".join(loop or "result" for loop in loops) + " |"
-    )
+    header = "| target | goal (issue) | " + " | ".join(loop or "result" for loop in loops) + " |"
     lines = [
         "Targets (median of the per-round ratios streamtools / raw, min-max over rounds):",
         "",

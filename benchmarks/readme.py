@@ -3,9 +3,9 @@
 python -m benchmarks.readme [JSON] [--readme README.md] [--force]
 
 Replaces what stands between the `<!-- bench:start -->` and `<!-- bench:end -->` markers of
-the README with the run's machine, versions, the Targets table of issue #14 (per event loop)
-and every case's ratio. Only a complete full run (`make bench`: every case, 7 rounds, both
-loops) is written unless `--force`: a quick or filtered run says too little.
+the README with the run's machine, versions, the Targets table of issues #14 and #24 (per
+event loop) and every case's ratio. Only a complete full run (`make bench`: every case, 7
+rounds, both loops) is written unless `--force`: a quick or filtered run says too little.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def render(run: dict[str, Any]) -> str:
         f"Full run of {run.get('date', '?')} (`make bench`: {run['rounds']} rounds, "
         f"{' and '.join(loops)}, {minutes:.0f} minutes): {run['machine']}; {versions}.",
         "",
-        "Issue #14's targets (median of the per-round ratios streamtools / raw, min-max over "
-        "rounds; memory: MiB grown):",
+        "The targets of issues #14 and #24 (median of the per-round ratios streamtools / raw, "
+        "min-max over rounds; memory: MiB grown):",
         "",
-        "| target | goal | " + " | ".join(loops) + " |",
+        "| target | goal (issue) | " + " | ".join(loops) + " |",
         "|---|---|" + "---|" * len(loops),
     ]
     met = total = 0
