@@ -336,9 +336,9 @@ class QueuedConsumer(Consumer[T]):
                             group.done()
                     if key is None:
                         break
-                    behind = key_queues[key]
-                    if not behind:
-                        del key_queues[key]
+                    behind = key_queues.get(key)
+                    if not behind:  # (none left; or an abort took them)
+                        key_queues.pop(key, None)
                         break
                     incoming, key, group = behind.popleft()  # the key's next, here
                 busy = False

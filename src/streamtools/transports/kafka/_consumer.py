@@ -29,7 +29,7 @@ from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from streamtools._base import Capabilities
 from streamtools._codec import Metadata, type_name
-from streamtools._delivery import DeliveryLost, InFlight, Incoming, QueuedConsumer
+from streamtools._delivery import DeliveryLost, Incoming, InFlight, QueuedConsumer
 from streamtools._middleware import Middleware
 from streamtools._settings import DEFAULT_LIMITS, DEFAULT_RETRY, Limits, RetryPolicy, seconds
 from streamtools._types import Queue, T
