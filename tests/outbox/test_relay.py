@@ -189,6 +189,29 @@ async def test_sent_rows_are_cleaned_up_after_the_retention(pg_dsn: str, schema:
     assert await outbox_states(pg_dsn, schema) == {}
 
 
+async def test_cleanup_called_while_a_batch_is_in_progress_waits_for_it(
+    pg_dsn: str, schema: str
+) -> None:
+    # The relay has one database connection: a cleanup() called from outside while the
+    # relay's own batch holds a transaction on it must wait for that batch, not nest a
+    # transaction in it (psycopg: "transaction commit at the wrong nesting level").
+    queue = Queue(unique_name("st-outbox-cc"), Order)
+    sink = await Sink(MEMORY, queue).start()
+    ids = await write_orders(pg_dsn, schema, queue, keys=4, per_key=5)
+    relay = Relay(MEMORY, dsn=pg_dsn, schema=schema, retention=3600, batch_size=5)
+    try:
+        for _ in range(4):
+            taken, removed = await asyncio.gather(relay.relay_once(), relay.cleanup())
+            assert taken == 5
+            assert removed == (0, 0)
+        await sink.wait_for(set(ids))
+        assert relay.stats.db_errors == 0
+        assert await outbox_states(pg_dsn, schema) == {"sent": len(ids)}
+    finally:
+        await relay.close()
+        await sink.close()
+
+
 async def test_the_relay_runs_inside_consumer_runner(pg_dsn: str, schema: str) -> None:
     queue = Queue(unique_name("st-outbox-runner"), Order)
     sink = Sink(MEMORY, queue)

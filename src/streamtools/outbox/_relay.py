@@ -198,6 +198,9 @@ class Relay:
         self.stats = RelayStats()
         self._producers: dict[tuple[str, str], Producer[Any]] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        # One transaction at a time on that connection: a cleanup() called from outside
+        # waits for the batch in progress instead of nesting in its transaction.
+        self._conn_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -311,10 +314,11 @@ class Relay:
         return conn
 
     async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        async with self._conn_lock:  # not under a cleanup() called from outside
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
     async def _release(self) -> None:
         await self._drop_connection()
@@ -326,6 +330,10 @@ class Relay:
 
     async def relay_once(self) -> int:
         """Publish one batch and commit its marks; return how many rows it took."""
+        async with self._conn_lock:
+            return await self._relay_batch()
+
+    async def _relay_batch(self) -> int:
         conn = await self._connection()
         async with conn.transaction():
             keys = await self._take_keys(conn)
@@ -472,6 +480,10 @@ class Relay:
     async def cleanup(self) -> tuple[int, int]:
         """Delete sent rows older than `retention` and inbox entries older than
         `inbox_retention`; return how many of each."""
+        async with self._conn_lock:
+            return await self._cleanup()
+
+    async def _cleanup(self) -> tuple[int, int]:
         conn = await self._connection()
         removed = [0, 0]
         for index, (table, column, keep, extra) in enumerate(
