@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from streamtools import HTTP, KAFKA, PRODUCERS, RMQ, HandlerFactory, Queue, configure_tracing
-from tests.conftest import free_port, unique_name
+from tests.conftest import eventually, free_port, unique_name
 from tests.support.queues import delete_queues
 
 WAIT = 60.0
@@ -214,3 +214,39 @@ async def test_plain_clients_see_traceparent_on_the_message(
         f"{kafka_send.context.span_id:016x}",
     ]
     assert all(p.split("-")[1] == f"{kafka_send.context.trace_id:032x}" for p in kafka_parents)
+
+
+async def test_a_batch_gives_each_message_its_own_span_with_its_outcome(
+    spans: InMemorySpanExporter,
+) -> None:
+    from streamtools import Batch, BatchError, RetryPolicy
+    from streamtools.transports.memory import MemoryBroker, MemoryConsumer, MemoryProducer
+
+    broker, queue = MemoryBroker(), Queue(unique_name("st-trace-batch"), Order)
+    consumer = MemoryConsumer(queue, broker=broker, retry=RetryPolicy(attempts=0))
+    seen: list[list[int]] = []
+
+    @consumer(batch=Batch(max_size=3, max_wait=5.0))
+    async def handle(batch: list[Order]) -> None:
+        seen.append([msg.n for msg in batch])
+        raise BatchError({1: ValueError("the second is wrong")})
+
+    await consumer.start()
+    try:
+        producer = MemoryProducer(queue, broker=broker)
+        sent = [await producer.send(Order(n)) for n in range(3)]
+        name = f"process {queue.name}"
+        await eventually(lambda: len(_named(list(spans.get_finished_spans()), name)) == 3, "spans")
+    finally:
+        await consumer.close()
+    assert seen == [[0, 1, 2]]
+    processed = {
+        span.attributes["messaging.message.id"]: span
+        for span in _named(list(spans.get_finished_spans()), name)
+        if span.attributes is not None
+    }
+    assert set(processed) == set(sent)  # (send returns the message id)
+    outcomes = [dict(processed[id].attributes or {})["streamtools.outcome"] for id in sent]
+    assert outcomes[0] == outcomes[2] == "ok"
+    assert outcomes[1] == "dead_lettered"
+    assert processed[sent[1]].status.status_code == trace.StatusCode.ERROR

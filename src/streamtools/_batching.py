@@ -74,25 +74,27 @@ _OK: Final[tuple[str, BaseException | None]] = ("ok", None)
 _joining: contextvars.ContextVar[tuple[Incoming, Hashable]] = contextvars.ContextVar("joining")
 
 
-class _Item:
-    """One decoded message in a batch; `joined` is set when a middleware chain waits on it."""
-
-    __slots__ = ("incoming", "joined", "msg")
-
-    def __init__(
-        self, incoming: Incoming, msg: Any, joined: asyncio.Future[None] | None = None
-    ) -> None:
-        self.incoming = incoming
-        self.msg = msg
-        self.joined = joined
-
-
 class _Open:
-    __slots__ = ("items", "timer")
+    """One batch being gathered: its messages as parallel lists (no object per message).
+
+    `joined[i]` is the future message i's consume middleware chain waits on, None for a
+    message that came without a chain."""
+
+    __slots__ = ("chained", "incomings", "joined", "msgs", "timer")
 
     def __init__(self) -> None:
-        self.items: list[_Item] = []
+        self.incomings: list[Incoming] = []
+        self.msgs: list[Any] = []
+        self.joined: list[asyncio.Future[None] | None] = []
+        self.chained = False  # any joined future in it
         self.timer: asyncio.TimerHandle | None = None
+
+    def append(self, incoming: Incoming, msg: Any, joined: asyncio.Future[None] | None) -> None:
+        self.incomings.append(incoming)
+        self.msgs.append(msg)
+        self.joined.append(joined)
+        if joined is not None:
+            self.chained = True
 
 
 class Batcher:
@@ -121,7 +123,7 @@ class Batcher:
             self._chained = consumer.middlewares
             self._chain = consume_chain(consumer.middlewares, self._join_step)
         if self._chain is None:
-            self._join(_Item(incoming, msg), key)
+            self._join(incoming, msg, None, key)
         else:
             consumer._spawn(self._through(self._chain, incoming, msg, key))
 
@@ -161,22 +163,24 @@ class Batcher:
     async def _join_step(self, msg: Any, meta: Metadata) -> None:
         incoming, key = _joining.get()
         joined: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._join(_Item(incoming, msg, joined), key)
+        self._join(incoming, msg, joined, key)
         await joined
 
-    def _join(self, item: _Item, key: Hashable) -> None:
-        if item.incoming.meta.attempt > 1:  # a retry: alone, after what came before it
+    def _join(
+        self, incoming: Incoming, msg: Any, joined: asyncio.Future[None] | None, key: Hashable
+    ) -> None:
+        if incoming.meta.attempt > 1:  # a retry: alone, after what came before it
             self.flush(key)
             self._open[key] = alone = _Open()
-            alone.items.append(item)
+            alone.append(incoming, msg, joined)
             self.flush(key)
             return
         batch = self._open.get(key)
         if batch is None:
             batch = self._open[key] = _Open()
             batch.timer = asyncio.get_running_loop().call_later(self.spec.max_wait, self.flush, key)
-        batch.items.append(item)
-        if len(batch.items) >= self.spec.max_size:
+        batch.append(incoming, msg, joined)
+        if len(batch.msgs) >= self.spec.max_size:
             self.flush(key)
 
     def flush(self, key: Hashable = _NO_KEY) -> asyncio.Task[None] | None:
@@ -186,7 +190,7 @@ class Batcher:
             if batch.timer is not None:
                 batch.timer.cancel()
             after = self._tails.get(key)
-            task = self.consumer._spawn(self._run(batch.items, after))
+            task = self.consumer._spawn(self._run(batch, after))
             self._tails[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
         return self._tails.get(key)
@@ -200,87 +204,101 @@ class Batcher:
         if self._tails.get(key) is task:
             del self._tails[key]
 
-    async def _run(self, items: list[_Item], after: asyncio.Task[None] | None) -> None:
+    async def _run(self, batch: _Open, after: asyncio.Task[None] | None) -> None:
         consumer = self.consumer
         try:
             if after is not None and not after.done():
                 await asyncio.wait([after])  # a key's batches run in order
         except asyncio.CancelledError:
-            self._abandon(items)
+            self._abandon(batch)
             raise
         with contextlib.ExitStack() as spans:
-            observed: list[_telemetry.Processing | None] = [None] * len(items)
+            observed: list[_telemetry.Processing | None] | None = None
             if _telemetry.active():
-                for index, item in enumerate(items):
-                    if item.joined is None:  # (a chained one has its span in _through)
-                        incoming = item.incoming
+                observed = [None] * len(batch.msgs)
+                for index, incoming in enumerate(batch.incomings):
+                    if batch.joined[index] is None:  # (a chained one has its span in _through)
                         observed[index] = spans.enter_context(
                             consumer._processing(incoming.meta, incoming.span_attributes)
                         )
             try:
-                failures = await self._call(items)
+                failures = await self._call(batch.msgs)
             except asyncio.CancelledError:
-                self._abandon(items)
+                self._abandon(batch)
                 raise
-            await self._conclude(items, failures, observed)
+            if failures or batch.chained or observed is not None:
+                await self._conclude(batch, failures, observed)
+            else:
+                await self._handled(batch.incomings)
 
-    async def _call(self, items: list[_Item]) -> Mapping[int, BaseException]:
+    async def _call(self, msgs: list[Any]) -> Mapping[int, BaseException]:
         """Run the handler on the batch; the failed indexes and why."""
         try:
-            await self.handler([item.msg for item in items])
+            await self.handler(msgs)
         except BatchError as exc:
-            return _checked(exc, len(items))
+            return _checked(exc, len(msgs))
         except Exception as exc:
-            return dict.fromkeys(range(len(items)), exc)
+            return dict.fromkeys(range(len(msgs)), exc)
         return {}
+
+    async def _handled(self, incomings: list[Incoming]) -> None:
+        """Settle a batch handled whole (no chains, no spans): the hot path of `_conclude`.
+        Settled one after another in this loop iteration, so the transport's settle window
+        acknowledges them together."""
+        consumer = self.consumer
+        handled = consumer._handled
+        for incoming in incomings:
+            if not incoming.wants_reply and incoming.settle_now():
+                handled(incoming)  # (no await)
+            else:
+                await consumer._conclude(incoming)
 
     async def _conclude(
         self,
-        items: list[_Item],
+        batch: _Open,
         failures: Mapping[int, BaseException],
-        observed: list[_telemetry.Processing | None],
+        observed: list[_telemetry.Processing | None] | None,
     ) -> None:
         consumer = self.consumer
         failing: list[tuple[int, Awaitable[tuple[str, BaseException | None]]]] = []
-        for index, item in enumerate(items):
+        for index, incoming in enumerate(batch.incomings):
             error = failures.get(index)
-            if item.joined is not None:  # its middleware chain concludes it
+            joined = batch.joined[index]
+            if joined is not None:  # its middleware chain concludes it
                 if error is None:
-                    item.joined.set_result(None)
+                    joined.set_result(None)
                 else:
-                    item.joined.set_exception(error)
+                    joined.set_exception(error)
             elif error is None:
-                # Settled one after another in this loop iteration, so the transport's
-                # settle window acknowledges them together.
-                incoming = item.incoming
                 if not incoming.wants_reply and incoming.settle_now():
-                    consumer._handled(incoming)  # (no await: the batch's hot path)
-                    _observe(observed[index], _OK)
+                    consumer._handled(incoming)  # (no await: see _handled)
+                    _observe(observed, index, _OK)
                 else:
-                    _observe(observed[index], await consumer._conclude(incoming))
+                    _observe(observed, index, await consumer._conclude(incoming))
             else:
-                failing.append(
-                    (index, consumer._conclude(item.incoming, _failure(item.incoming.meta, error)))
-                )
+                failure = _failure(incoming.meta, error)
+                failing.append((index, consumer._conclude(incoming, failure)))
         if failing:  # a failure publishes a copy (a retry may wait out its delay): at once
             outcomes = await asyncio.gather(*(conclusion for _, conclusion in failing))
             for (index, _), outcome in zip(failing, outcomes, strict=True):
-                _observe(observed[index], outcome)
+                _observe(observed, index, outcome)
 
-    def _abandon(self, items: list[_Item]) -> None:
-        for item in items:
-            if item.joined is not None:
-                item.joined.cancel()  # its chain abandons it
+    def _abandon(self, batch: _Open) -> None:
+        for incoming, joined in zip(batch.incomings, batch.joined, strict=True):
+            if joined is not None:
+                joined.cancel()  # its chain abandons it
             else:
-                item.incoming.abandon()
+                incoming.abandon()
                 self.consumer._delivery_done()
 
 
 def _observe(
-    observed: _telemetry.Processing | None, outcome: tuple[str, BaseException | None]
+    observed: list[_telemetry.Processing | None] | None,
+    index: int,
+    outcome: tuple[str, BaseException | None],
 ) -> None:
-    if observed is not None:
-        observed.outcome, observed.error = outcome
+    if observed is not None and (processing := observed[index]) is not None:
+        processing.outcome, processing.error = outcome
 
 
 def _checked(error: BatchError, size: int) -> Mapping[int, BaseException]:
