@@ -7,6 +7,11 @@ streamtools / contender of every round (round i against round i, so drift betwee
 cancels out), reported as the median of those ratios with their min-max. > 1 means
 streamtools is faster.
 
+Every run starts from a collected heap (`gc.collect()`, untimed): garbage the previous run
+or the setup left is not collected on the next contender's clock, and a full collection of
+the harness's own heap (prefilled messages, clients of earlier cases) does not land in one
+contender's round by chance. What a workload allocates in its own run still costs it.
+
 Cases where lower is better (latency, memory growth) return (operations, amount) and the
 value is amount per operation; their ratio is contender / streamtools, so > 1 still means
 streamtools is better. A case without contenders reports its value against `limit`.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -228,6 +234,7 @@ async def run_case(case: Case, rounds: int) -> None:
                 order = contenders if round_ % 2 == 0 else list(reversed(contenders))
                 done: list[tuple[Contender, float]] = []
                 for contender in order:
+                    gc.collect()  # untimed: see the module's docstring
                     ops, seconds = await contender.run()
                     done.append(
                         (contender, seconds / ops if case.lower_is_better else ops / seconds)
