@@ -450,3 +450,38 @@ def test_message_ids_are_unguessable_and_unique() -> None:
     # No shared prefix or counter: neighbours agree on about 1 of 16 hex digits by chance.
     same = sum(a[k] == b[k] for a, b in itertools.pairwise(ids) for k in range(32))
     assert same < 2000 * 32 / 16 * 1.5
+
+
+async def test_a_batch_handler_that_empties_its_list_and_raises_fails_every_message() -> None:
+    # The handler is given the batch's own list: what it does to the list must not change
+    # which messages failed (none may be left unsettled).
+    from streamtools import Batch
+
+    broker, queue = MemoryBroker(), Queue(unique_name("st-batch-clear"), Point)
+    consumer = MemoryConsumer(queue, broker=broker, retry=RetryPolicy(attempts=0))
+    dead: list[int] = []
+
+    @consumer(batch=Batch(max_size=3, max_wait=5.0))
+    async def handle(batch: list[Point]) -> None:
+        batch.clear()
+        raise RuntimeError("gave up")
+
+    dlq = MemoryConsumer(Queue(dead_letter_queue(queue.name), Point), broker=broker)
+
+    @dlq()
+    async def collect(msg: Point) -> None:
+        dead.append(msg.x)
+
+    await consumer.start()
+    await dlq.start()
+    try:
+        producer = MemoryProducer(queue, broker=broker)
+        for n in range(3):
+            await producer.send(Point(n))
+        async with asyncio.timeout(10):
+            while len(dead) < 3:  # noqa: ASYNC110 - the dead letters have no event to await
+                await asyncio.sleep(0.01)
+    finally:
+        await consumer.close()
+        await dlq.close()
+    assert sorted(dead) == [0, 1, 2]
