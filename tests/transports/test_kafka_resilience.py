@@ -350,3 +350,57 @@ async def test_rebalance_while_handlers_run_loses_nothing(kafka_bootstrap: str, 
     assert at_join.get("in_flight", 0) > 0, f"no handler ran when the member joined; {summary}"
     assert by_member["second"], f"the second member got nothing; {summary}"
     assert ledger.lost() == set(), summary
+
+
+async def test_a_handler_slower_than_the_rebalance_does_not_hold_the_group(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    # The group waits for a member's revoke at most its rebalance timeout (the session
+    # timeout). A member whose revoke waited for a stuck handler longer than that would be
+    # dropped from the group (or hold it up): it waits until then, commits what is settled
+    # and rejoins, and the stuck handler's record goes to the partition's owner again.
+    group = f"{topic}-group"
+    release = asyncio.Event()
+    calls: list[tuple[str, int]] = []
+
+    def member(name: str) -> Consumer[Tick]:
+        consumer = CONSUMER_LOOPS[KAFKA](
+            Queue(topic, Tick),
+            bootstrap_servers=kafka_bootstrap,
+            group=group,
+            session_timeout=4,  # the rebalance timeout too
+            shutdown_timeout=60,  # longer: it must not be what bounds the revoke
+            connect_timeout=10,
+        )
+
+        @consumer()
+        async def handle(msg: Tick) -> None:
+            calls.append((name, msg.seq))
+            if len(calls) == 1:
+                await release.wait()  # the first delivery is stuck until the test ends
+
+        return consumer
+
+    first, second = member("first"), member("second")
+    producer = kafka_producer(topic, kafka_bootstrap, partitions=2)
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            await producer.a_init()
+            await first.start()
+            await wait_until(lambda: assigned(first) == 2, "the first member's 2 partitions")
+            await producer.send(Tick(seq=1))
+            await wait_until(lambda: len(calls) == 1, "the first delivery")
+            await second.start()
+            # Well within the shutdown timeout (60 s) the group is shared, the stuck handler
+            # still running, and its record delivered again.
+            await wait_until(
+                lambda: assigned(first) == 1 and assigned(second) == 1 and len(calls) >= 2,
+                "both members in the group and the stuck record delivered again",
+                timeout=20,
+            )
+            assert not release.is_set()
+            assert calls[1][1] == 1
+    finally:
+        release.set()
+        await producer.close()
+        await asyncio.gather(first.close(), second.close())

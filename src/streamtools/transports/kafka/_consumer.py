@@ -9,7 +9,10 @@ stays unsettled meanwhile). Handlers run concurrently across keys and in order w
 (at most `max_in_flight` at once); offsets are committed per partition only up to the
 contiguous settled prefix (the core's settle window), so a crash, a rebalance or a cut
 connection redelivers and never loses. On partitions revoked, in-flight work on them
-finishes (up to `shutdown_timeout`) and the settled offsets are committed before they go.
+finishes and the settled offsets are committed before they go; the group waits for that at
+most its rebalance timeout (the session timeout), so the wait for handlers ends in time for
+the commit: a handler still running then keeps running, and its record, not committed, goes
+to the partition's next owner again (at-least-once) instead of the member being dropped.
 """
 
 from __future__ import annotations
@@ -219,6 +222,9 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         # A commit waits at most this long: within the group's rebalance timeout (the session
         # timeout), so a member committing on revoke is never dropped for it.
         self._commit_timeout = min(self.connect_timeout, self.session_timeout / 2)
+        # What a revoke waits for its partitions' handlers: the rest of the rebalance timeout
+        # (aiokafka's is the session timeout) once the commit's bound is kept for the commit.
+        self._revoke_wait = min(self.shutdown_timeout, self.session_timeout - self._commit_timeout)
         self.group = group or os.environ.get("KAFKA_GROUP") or self.queue.name
         self._consumer: aiokafka.AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, _Partition] = {}
@@ -319,7 +325,15 @@ class KafkaConsumer(KafkaEndpoint, QueuedConsumer[T]):
         if self._batcher is not None:  # a partition's batches run in order: its last one
             running.update(filter(None, (self._batcher.flush(tp) for tp, _ in gone)))
         if running:
-            await asyncio.wait(running, timeout=self.shutdown_timeout)
+            _, late = await asyncio.wait(running, timeout=self._revoke_wait)
+            if late:
+                logger.warning(
+                    "partitions %s revoked while handlers still ran after %.1f s: their records "
+                    "are not committed and go to the partitions' next owner again",
+                    sorted(tp.partition for tp, _ in gone),
+                    self._revoke_wait,
+                    extra=self._where,
+                )
         for tp, partition in gone:
             # Each commit is bounded (`commit` above): the group waits for this callback, so
             # a commit that hung would stall the whole group's rebalance until the broker
