@@ -80,21 +80,18 @@ class _Open:
     `joined[i]` is the future message i's consume middleware chain waits on, None for a
     message that came without a chain."""
 
-    __slots__ = ("chained", "incomings", "joined", "msgs", "timer")
+    __slots__ = ("incomings", "joined", "msgs", "timer")
 
     def __init__(self) -> None:
         self.incomings: list[Incoming] = []
         self.msgs: list[Any] = []
         self.joined: list[asyncio.Future[None] | None] = []
-        self.chained = False  # any joined future in it
         self.timer: asyncio.TimerHandle | None = None
 
     def append(self, incoming: Incoming, msg: Any, joined: asyncio.Future[None] | None) -> None:
         self.incomings.append(incoming)
         self.msgs.append(msg)
         self.joined.append(joined)
-        if joined is not None:
-            self.chained = True
 
 
 class Batcher:
@@ -226,10 +223,7 @@ class Batcher:
             except asyncio.CancelledError:
                 self._abandon(batch)
                 raise
-            if failures or batch.chained or observed is not None:
-                await self._conclude(batch, failures, observed)
-            else:
-                await self._handled(batch.incomings)
+            await self._conclude(batch, failures, observed)
 
     async def _call(self, msgs: list[Any]) -> Mapping[int, BaseException]:
         """Run the handler on the batch; the failed indexes and why. The handler is given
@@ -242,18 +236,6 @@ class Batcher:
         except Exception as exc:
             return dict.fromkeys(range(size), exc)
         return {}
-
-    async def _handled(self, incomings: list[Incoming]) -> None:
-        """Settle a batch handled whole (no chains, no spans): the hot path of `_conclude`.
-        Settled one after another in this loop iteration, so the transport's settle window
-        acknowledges them together."""
-        consumer = self.consumer
-        handled = consumer._handled
-        for incoming in incomings:
-            if not incoming.wants_reply and incoming.settle_now():
-                handled(incoming)  # (no await)
-            else:
-                await consumer._conclude(incoming)
 
     async def _conclude(
         self,
@@ -272,8 +254,10 @@ class Batcher:
                 else:
                     joined.set_exception(error)
             elif error is None:
+                # Settled one after another in this loop iteration, so the transport's
+                # settle window acknowledges them together.
                 if not incoming.wants_reply and incoming.settle_now():
-                    consumer._handled(incoming)  # (no await: see _handled)
+                    consumer._handled(incoming)  # (no await: the batch's hot path)
                     _observe(observed, index, _OK)
                 else:
                     _observe(observed, index, await consumer._conclude(incoming))
