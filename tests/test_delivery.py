@@ -13,12 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamtools import CONSUMER_LOOPS, PRODUCERS, ConfigurationError, Limits, Queue, RetryPolicy
+from streamtools import (
+    CONSUMER_LOOPS,
+    PRODUCERS,
+    Batch,
+    ConfigurationError,
+    Limits,
+    Queue,
+    RetryPolicy,
+)
 from streamtools._codec import Metadata, new_metadata
 from streamtools._delivery import Incoming, QueuedConsumer, backoff_delay, dead_letter_queue
 from streamtools._window import SettleWindow
 from streamtools.transports.memory import MemoryBroker, MemoryConsumer, MemoryProducer
-from tests.conftest import unique_name
+from tests.conftest import eventually, unique_name
 
 
 class Point(msgspec.Struct):
@@ -455,8 +463,6 @@ def test_message_ids_are_unguessable_and_unique() -> None:
 async def test_a_batch_handler_that_empties_its_list_and_raises_fails_every_message() -> None:
     # The handler is given the batch's own list: what it does to the list must not change
     # which messages failed (none may be left unsettled).
-    from streamtools import Batch
-
     broker, queue = MemoryBroker(), Queue(unique_name("st-batch-clear"), Point)
     consumer = MemoryConsumer(queue, broker=broker, retry=RetryPolicy(attempts=0))
     dead: list[int] = []
@@ -478,9 +484,7 @@ async def test_a_batch_handler_that_empties_its_list_and_raises_fails_every_mess
         producer = MemoryProducer(queue, broker=broker)
         for n in range(3):
             await producer.send(Point(n))
-        async with asyncio.timeout(10):
-            while len(dead) < 3:  # noqa: ASYNC110 - the dead letters have no event to await
-                await asyncio.sleep(0.01)
+        await eventually(lambda: len(dead) == 3, "the three dead letters", timeout=10)
     finally:
         await consumer.close()
         await dlq.close()

@@ -24,7 +24,19 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from streamtools import HTTP, KAFKA, PRODUCERS, RMQ, HandlerFactory, Queue, configure_tracing
+from streamtools import (
+    HTTP,
+    KAFKA,
+    PRODUCERS,
+    RMQ,
+    Batch,
+    BatchError,
+    HandlerFactory,
+    Queue,
+    RetryPolicy,
+    configure_tracing,
+)
+from streamtools.transports.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 from tests.conftest import eventually, free_port, unique_name
 from tests.support.queues import delete_queues
 
@@ -219,9 +231,6 @@ async def test_plain_clients_see_traceparent_on_the_message(
 async def test_a_batch_gives_each_message_its_own_span_with_its_outcome(
     spans: InMemorySpanExporter,
 ) -> None:
-    from streamtools import Batch, BatchError, RetryPolicy
-    from streamtools.transports.memory import MemoryBroker, MemoryConsumer, MemoryProducer
-
     broker, queue = MemoryBroker(), Queue(unique_name("st-trace-batch"), Order)
     consumer = MemoryConsumer(queue, broker=broker, retry=RetryPolicy(attempts=0))
     seen: list[list[int]] = []
