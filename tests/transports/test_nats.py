@@ -388,11 +388,16 @@ async def test_invalid_and_poison_messages_are_dead_lettered_with_their_headers(
 async def test_retry_delay_and_handler_longer_than_ack_wait_duplicate_nothing(
     queues: Callable[[str], str],
 ) -> None:
-    """ack_wait=1 s; the retry waits 2-4 s and the second attempt's handler 2.5 s: the
-    in-progress heartbeat keeps the held message from being redelivered meanwhile."""
+    """ack_wait=2 s; the retry waits 3-6 s and the second attempt's handler 4.5 s: the
+    in-progress heartbeat keeps the held message from being redelivered meanwhile.
+
+    The heartbeat cannot beat through a stalled event loop (one that stalled over about
+    1.3 s here would see a redelivery, as the server's ack_wait says it should): the
+    failure message gives the longest stall measured, to tell the two apart."""
     name = queues("ackwait")
-    c = consumer(name, ack_wait=1.0, retry=RetryPolicy(attempts=2, delay=4.0, max_delay=4.0))
+    c = consumer(name, ack_wait=2.0, retry=RetryPolicy(attempts=2, delay=6.0, max_delay=6.0))
     attempts: list[tuple[int, int]] = []
+    finished: list[int] = []
 
     @c()
     async def handle(msg: Order) -> None:
@@ -400,17 +405,32 @@ async def test_retry_delay_and_handler_longer_than_ack_wait_duplicate_nothing(
         attempts.append((msg.seq, attempt))
         if attempt == 1:
             raise RuntimeError("first attempt fails")
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(4.5)
+        finished.append(msg.seq)
 
+    longest_stall = 0.0
+
+    async def watch_the_loop() -> None:
+        nonlocal longest_stall
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.05)
+            longest_stall = max(longest_stall, loop.time() - before - 0.05)
+
+    watcher = asyncio.get_running_loop().create_task(watch_the_loop())
     await c.start()
     try:
         async with producer(name) as p:
             await asyncio.gather(*(p.send(Order(seq=i)) for i in range(3)))
-        await eventually(lambda: len(attempts) >= 6, "two attempts of each", WAIT)
-        await asyncio.sleep(4.0)  # room for any redelivery to show
+        await eventually(lambda: len(finished) >= 3, "three second attempts handled", WAIT)
+        await asyncio.sleep(2 * 2.0)  # twice ack_wait: room for any redelivery to show
     finally:
         await c.close()
-    assert sorted(attempts) == [(i, a) for i in range(3) for a in (1, 2)]
+        watcher.cancel()
+    assert sorted(attempts) == [(i, a) for i in range(3) for a in (1, 2)], (
+        f"longest event-loop stall during the test: {longest_stall:.2f} s"
+    )
 
 
 async def test_a_consumer_closed_mid_backlog_hands_its_messages_to_the_other(
