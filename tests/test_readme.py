@@ -90,14 +90,17 @@ def test_pytest_snippet_passes(code: str, line: int, tmp_path: Path) -> None:
     assert " skipped" not in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize(
-    ("code", "line"),
-    [(code, line) for mode, code, line in SNIPPETS if mode in {"run", "pytest", "typecheck"}],
-    ids=lambda v: f"line{v}" if isinstance(v, int) else "",
-)
-def test_snippet_type_checks(code: str, line: int, tmp_path: Path) -> None:
-    path = tmp_path / f"readme_line{line}.py"
-    path.write_text(code)
+TYPED = [(code, line) for mode, code, line in SNIPPETS if mode in {"run", "pytest", "typecheck"}]
+
+
+@pytest.fixture(scope="module")
+def mypy_says(tmp_path_factory: pytest.TempPathFactory) -> dict[int, str]:
+    """mypy --strict's words on each snippet (by its README line), from one run over all of
+    them: each snippet is a module of its own, so none sees another's names."""
+    folder = tmp_path_factory.mktemp("readme")
+    paths = {line: folder / f"readme_line{line}.py" for _, line in TYPED}
+    for code, line in TYPED:
+        paths[line].write_text(code)
     stdout, stderr, status = api.run(
         [
             "--strict",
@@ -105,7 +108,25 @@ def test_snippet_type_checks(code: str, line: int, tmp_path: Path) -> None:
             str(ROOT / "pyproject.toml"),
             "--cache-dir=/dev/null",
             "--no-error-summary",
-            str(path),
+            *map(str, paths.values()),
         ]
     )
-    assert status == 0, f"README line {line}:\n{stdout}{stderr}"
+    assert not stderr, stderr
+    said = {
+        line: "".join(
+            text for text in stdout.splitlines(keepends=True) if text.startswith(f"{path}:")
+        )
+        for line, path in paths.items()
+    }
+    unclaimed = stdout.count("\n") - sum(text.count("\n") for text in said.values())
+    assert unclaimed == 0, f"mypy output naming no snippet:\n{stdout}"
+    assert (status == 0) == (not stdout), stdout
+    return said
+
+
+@pytest.mark.parametrize(
+    ("code", "line"), TYPED, ids=lambda v: f"line{v}" if isinstance(v, int) else ""
+)
+def test_snippet_type_checks(code: str, line: int, mypy_says: dict[int, str]) -> None:
+    assert code.strip()
+    assert not mypy_says[line], f"README line {line}:\n{mypy_says[line]}"
