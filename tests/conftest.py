@@ -7,10 +7,8 @@ when none answers, the tests that need it error with how to start one: they are 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import socket
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -18,26 +16,6 @@ from urllib.parse import urlsplit
 import pytest
 
 RMQ_URL = os.environ.get("RMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-_RECURSION_LIMIT = sys.getrecursionlimit()
-_GC_THRESHOLDS = gc.get_threshold()
-
-
-@pytest.fixture(autouse=True)
-def _interpreter_settings() -> Iterator[None]:
-    """Every test sees the interpreter's own recursion limit and collector thresholds: an
-    in-process mypy run (the README snippets, the typing cases) raises the first for good,
-    and the deep-nesting tests depend on it; it also sets the collector to wait for 200,000
-    new objects (700 by default) and leaves it so, after which the suite's event loops
-    stalled in collections of 0.1-0.3 s (once over 9 s), enough for a 1 s `ack_wait` to
-    redeliver a message whose heartbeat could not run."""
-    sys.setrecursionlimit(_RECURSION_LIMIT)
-    gc.set_threshold(*_GC_THRESHOLDS)
-    yield
-    sys.setrecursionlimit(_RECURSION_LIMIT)
-    if gc.get_threshold() != _GC_THRESHOLDS:
-        gc.set_threshold(*_GC_THRESHOLDS)
-        gc.collect()  # what the raised thresholds let pile up, before the next test's clock
 
 
 def _amqp_answers(url: str) -> bool:

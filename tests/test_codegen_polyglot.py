@@ -25,6 +25,7 @@ from streamtools._codec import Codec
 from streamtools._schema import schema_check
 from streamtools.codegen import generate, run
 from streamtools.codegen._patterns import to_python
+from tests.support.typecheck import mypy_strict
 
 POLYGLOT = Path(__file__).parent / "contracts" / "polyglot"
 
@@ -304,24 +305,8 @@ def test_generated_packages_pass_mypy_strict(tmp_path: Path) -> None:
     renamed fields, tagged unions, field checks, shared modules."""
     generate(POLYGLOT, tmp_path / "poly_typed")
     generate(Path(__file__).parent / "codegen_cases", tmp_path / "cases_typed")
-    # In a process of its own: mypy raises the interpreter's recursion limit for good.
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--cache-dir=/dev/null",
-            "--no-error-summary",
-            str(tmp_path / "poly_typed"),
-            str(tmp_path / "cases_typed"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    stdout, status = mypy_strict(tmp_path / "poly_typed", tmp_path / "cases_typed")
+    assert status == 0, stdout
 
 
 def test_a_root_ref_or_allof_is_a_message(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mypy import api
+
+from tests.support.typecheck import mypy_strict
 
 ROOT = Path(__file__).parents[1]
 BLOCK = re.compile(r"(?:<!-- readme-test: (\w+) -->\n)?```python\n(.*?)```", re.S)
@@ -101,17 +102,7 @@ def mypy_says(tmp_path_factory: pytest.TempPathFactory) -> dict[int, str]:
     paths = {line: folder / f"readme_line{line}.py" for _, line in TYPED}
     for code, line in TYPED:
         paths[line].write_text(code)
-    stdout, stderr, status = api.run(
-        [
-            "--strict",
-            "--config-file",
-            str(ROOT / "pyproject.toml"),
-            "--cache-dir=/dev/null",
-            "--no-error-summary",
-            *map(str, paths.values()),
-        ]
-    )
-    assert not stderr, stderr
+    stdout, status = mypy_strict(*paths.values())
     said = {
         line: "".join(
             text for text in stdout.splitlines(keepends=True) if text.startswith(f"{path}:")

@@ -30,6 +30,7 @@ from streamtools import (
 from streamtools.testing import DeadLetter, TestClient
 from streamtools.transports.memory import MemoryConsumer, MemoryProducer
 from tests.conftest import unique_name
+from tests.support.typecheck import mypy_strict
 
 
 def _class(cls: object) -> object:
@@ -470,8 +471,6 @@ async def test_real_memory_leaves_memory_consumers_real() -> None:
 
 
 def test_published_is_typed_by_the_queue(tmp_path: Path) -> None:
-    from mypy import api
-
     case = tmp_path / "case_published.py"
     case.write_text(
         "from examples.contracts import BILLING_INVOICED, InvoiceIssued, OrderCreated\n"
@@ -481,17 +480,7 @@ def test_published_is_typed_by_the_queue(tmp_path: Path) -> None:
         "    ok: list[InvoiceIssued] = client.published(BILLING_INVOICED)\n"
         "    wrong: list[OrderCreated] = client.published(BILLING_INVOICED)\n"
     )
-    root = Path(__file__).parents[1]
-    stdout, _, _ = api.run(
-        [
-            "--strict",
-            "--config-file",
-            str(root / "pyproject.toml"),
-            "--cache-dir=/dev/null",
-            "--no-error-summary",
-            str(case),
-        ]
-    )
+    stdout, _ = mypy_strict(case)
     lines = stdout.splitlines()
     assert any(
         ":4: note: Revealed type is" in line

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-from mypy import api
+
+from tests.support.typecheck import mypy_strict
 
 CASES = Path(__file__).parent / "cases"
 ROOT = Path(__file__).parents[2]
@@ -19,19 +20,7 @@ ERROR = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[a-z-]+
 
 
 def run_mypy(case: Path) -> list[tuple[int, str]]:
-    stdout, stderr, _ = api.run(
-        [
-            "--strict",
-            "--no-incremental",
-            "--cache-dir=/dev/null",
-            "--config-file",
-            str(ROOT / "pyproject.toml"),
-            "--no-error-summary",
-            "--show-error-codes",
-            str(case),
-        ]
-    )
-    assert not stderr, stderr
+    stdout, _ = mypy_strict(case)
     errors = []
     for line in stdout.splitlines():
         match = ERROR.match(line)
