@@ -15,10 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-import aiokafka  # type: ignore[import-untyped]
 import msgspec
 import pytest
-from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from streamtools import (
     CONSUMER_LOOPS,
@@ -37,6 +35,7 @@ from streamtools import (
 from streamtools._binding import DEAD_LETTER_HEADERS
 from tests.conformance.conftest import ConfMessage, ConfReply, Harness, LineItem
 from tests.conftest import unique_name
+from tests.transports.test_kafka import committed_offsets, read_records
 
 WAIT = 30.0  # seconds: generous bound for any wait; never a pass/fail timing threshold
 
@@ -118,38 +117,16 @@ async def _where_records_are(harness: Harness, queue: Queue[ConfMessage], missin
     servers = harness.consumer_settings.get("bootstrap_servers")
     if harness.name != "KafkaHandler" or not isinstance(servers, str) or not missing:
         return ""
-    where: dict[int, list[int]] = {}
-    committed: list[str] = []
     try:
-        reader = aiokafka.AIOKafkaConsumer(
-            queue.name, bootstrap_servers=servers, auto_offset_reset="earliest"
-        )
-        await reader.start()
-        try:
-            async with asyncio.timeout(15):
-                while batches := await reader.getmany(timeout_ms=2000):
-                    for tp, records in batches.items():
-                        for record in records:
-                            seq = msgspec.json.decode(record.value).get("seq")
-                            if seq in missing:
-                                where.setdefault(tp.partition, []).append(record.offset)
-            partitions = sorted(reader.partitions_for_topic(queue.name) or ())
-        finally:
-            await reader.stop()
-        # The group's committed offsets (an OffsetFetch: it does not join the group).
-        group = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=servers, group_id=queue.name, enable_auto_commit=False
-        )
-        await group.start()
-        try:
-            for partition in partitions:
-                offset = await group.committed(TopicPartition(queue.name, partition))
-                committed.append(f"{partition}: {offset}")
-        finally:
-            await group.stop()
-    except Exception as exc:  # a diagnostic: never the reason a test fails
+        records = await read_records(servers, queue.name, 400)
+        committed = await committed_offsets(servers, queue.name, queue.name)
+    except (Exception, pytest.fail.Exception) as exc:  # a diagnostic: never why a test fails
         return f"; reading the topic again failed: {type(exc).__name__}: {exc}"
-    found = "; ".join(f"partition {p}: offsets {sorted(o)}" for p, o in sorted(where.items()))
+    where: dict[int, list[int]] = {}
+    for record in records:
+        if msgspec.json.decode(record.value).get("seq") in missing:
+            where.setdefault(record.partition, []).append(record.offset)
+    found = "; ".join(f"partition {p}: offsets {o}" for p, o in sorted(where.items()))
     return f"; the missing records: {found or 'none in the topic'}; committed {committed}"
 
 

@@ -131,6 +131,20 @@ async def read_records(servers: str, topic: str, count: int) -> list[Any]:
         await consumer.stop()
 
 
+async def committed_offsets(servers: str, group: str, topic: str) -> dict[int, int | None]:
+    """The offsets `group` committed on each partition of `topic` (None where it has none),
+    read with an OffsetFetch: the probe does not join the group."""
+    probe = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        await probe.topics()  # fetches the metadata partitions_for_topic reads
+        partitions = sorted(probe.partitions_for_topic(topic) or ())
+        return {p: await probe.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.stop()
+
+
 def headers_of(record: Any) -> dict[str, str]:
     return {key: value.decode() for key, value in record.headers or ()}
 
@@ -533,16 +547,7 @@ async def test_close_commits_what_was_handled(
         await wait_until(lambda: len(handled) >= 30, "the 30 messages")
     finally:
         await consumer.close()
-    probe = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
-    await probe.start()
-    try:
-        await probe.topics()
-        partitions = probe.partitions_for_topic(topic) or set()
-        committed = 0
-        for p in partitions:
-            committed += await probe.committed(TopicPartition(topic, p)) or 0
-    finally:
-        with contextlib.suppress(Exception):
-            await probe.stop()
+    offsets = await committed_offsets(kafka_bootstrap, group, topic)
+    committed = sum(offset or 0 for offset in offsets.values())
     assert sorted(handled) == list(range(30))
     assert committed == 30, f"committed offsets sum to {committed}, handled 30"

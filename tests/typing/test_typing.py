@@ -14,7 +14,6 @@ import pytest
 from tests.support.typecheck import mypy_strict
 
 CASES = Path(__file__).parent / "cases"
-ROOT = Path(__file__).parents[2]
 EXPECT = re.compile(r"#\s*E:\s*([a-z-]+)")
 ERROR = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[a-z-]+)\]$")
 
